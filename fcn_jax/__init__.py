@@ -1,0 +1,1 @@
+"""fcn-jax: Fully Convolutional Networks (Long, Shelhamer & Darrell) in JAX/Flax."""

@@ -1,0 +1,20 @@
+"""Test-session setup: simulated CPU devices, quiet TensorFlow, a throwaway temp dir.
+
+All of it must happen before JAX or TensorFlow is imported, hence at module import time.
+"""
+
+import os
+import tempfile
+
+# Four simulated CPU devices so data-parallel code is exercised (STACK_NOTES: set before the
+# first JAX computation, or it is silently ignored).
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# TFDS leaves empty tmp*tfds folders in the temp dir on every prepare (STACK_NOTES).
+_TMP = tempfile.mkdtemp(prefix="fcn_jax_tests_")
+os.environ["TMPDIR"] = _TMP
+tempfile.tempdir = _TMP
