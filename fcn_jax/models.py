@@ -90,7 +90,9 @@ def _frozen_params(module_cls: type[nn.Module]) -> Callable[..., nn.Module]:
         mapped_collections=["params", UPSAMPLING_COLLECTION],
         trans_in_fn=lambda v: {"params": v.get(UPSAMPLING_COLLECTION, {})},
         trans_out_fn=lambda v: {UPSAMPLING_COLLECTION: v.get("params", {})},
-        init=True,
+        # mutable (not init=True): init=True breaks `apply(..., mutable=[...])` in Flax 0.12.
+        # The kernel is still only written when the caller lets `upsampling` be mutable.
+        mutable=True,
     )
 
 
