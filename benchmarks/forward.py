@@ -10,7 +10,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from fcn_jax import models
 
