@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,3 +219,21 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_get_model_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.get_model(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 6, 2), (1, 1, 1, 1)])
+def test_max_pool_gradient_matches_xla_select_and_scatter(shape):
+    # ReLU'd input has many tied zeros: the gradient must go to the first maximum only.
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))
+    x = x.at[0, 0, 0, 0].set(x[0, 0, 1, 0])  # a tie between two positive values as well
+
+    def reference(v):
+        return nn.max_pool(v, (2, 2), strides=(2, 2), padding=models._ceil_pad(v))
+
+    out = models.max_pool_ceil(x)
+    assert out.shape == (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+    np.testing.assert_array_equal(out, reference(x))
+    g = jax.random.normal(jax.random.key(1), out.shape)
+    np.testing.assert_array_equal(
+        jax.vjp(models.max_pool_ceil, x)[1](g)[0], jax.vjp(reference, x)[1](g)[0]
+    )
