@@ -237,3 +237,27 @@ def test_max_pool_gradient_matches_xla_select_and_scatter(shape):
     np.testing.assert_array_equal(
         jax.vjp(models.max_pool_ceil, x)[1](g)[0], jax.vjp(reference, x)[1](g)[0]
     )
+
+
+def test_im2col_weight_grad_conv_matches_xla_convolution():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    padding = ((4, 4), (4, 4))
+
+    def reference(v, k):
+        return jax.lax.conv_general_dilated(
+            v, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def custom(v, k):
+        return models.conv_with_im2col_weight_grad(v, k, (1, 1), padding)
+
+    out = custom(x, kernel)
+    np.testing.assert_allclose(out, reference(x, kernel), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), out.shape)
+    for got, want in zip(
+        jax.vjp(custom, x, kernel)[1](g), jax.vjp(reference, x, kernel)[1](g), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="stride 1"):
+        models.conv_with_im2col_weight_grad(x, kernel, (2, 2), padding)
