@@ -1,0 +1,621 @@
+"""Published FCN / VGG16 weights as Flax variables, without torch.
+
+* `load_pytorch_fcn`: a pytorch-fcn checkpoint (`fcn32s_from_caffe.pth` ... or a trainer
+  checkpoint) -> variables of `fcn_jax.models.get_model(name, ...)`.
+* `load_vgg16`: an ImageNet VGG16 in torchvision key layout -> variables of an FCN whose
+  backbone and fc6/fc7 come from VGG16 and whose heads have the reference init (§3.1).
+* `stage_variables`: staged training (FCN-32s -> 16s -> 8s), copy by name (§3.1).
+* `fetch_weights`: the published files, downloaded once into a cache folder and md5-checked.
+
+Layouts (§6.3, §8 of FCN_REFERENCE.md): a PyTorch conv weight (out, in, kh, kw) becomes a Flax
+kernel (kh, kw, in, out). A PyTorch/Caffe transposed-conv weight (in, out, kh, kw) becomes
+(kh, kw, in, out) *spatially flipped*, because Flax's `nn.ConvTranspose` (transpose_kernel=False)
+correlates the dilated input with its kernel instead of scattering it (STACK_NOTES.md); the
+bilinear kernels are symmetric and hide a missing flip, learned ones do not.
+
+`.pth` files are read by `fcn_jax.torch_pickle`, a restricted unpickler: no torch, no code
+execution.
+"""
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcn_jax import torch_pickle
+from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, bilinear_kernel, get_model, init_variables
+
+Variables = dict[str, Any]
+
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a PyTorch state_dict from a `.pth` file (zip or legacy format) without torch.
+
+    Args:
+      path: a bare state_dict, or a trainer checkpoint dict holding it under
+        `model_state_dict` (pytorch-fcn's trainer, §6.2).
+
+    Returns:
+      Tensor name -> numpy array, in file order.
+
+    Raises:
+      ValueError: the file holds no state_dict of tensors.
+      fcn_jax.torch_pickle.UnsupportedPickleError: the file refers to code outside the
+        reader's allow-list.
+    """
+    obj = torch_pickle.load(path)
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state_dict, found {type(obj).__name__}")
+    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, np.ndarray))
+    if not_tensors:
+        raise ValueError(f"{path}: not a state_dict; non-tensor entries {not_tensors}")
+    return {str(k): v for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch names and layouts <-> Flax variables
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """Where one PyTorch tensor goes in the Flax variables."""
+
+    collection: str
+    layer: str
+    leaf: str  # 'kernel' or 'bias'
+    flax_shape: tuple[int, ...]
+
+    @property
+    def is_deconv(self) -> bool:
+        return self.layer.startswith("upscore")
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        """The PyTorch shape of this tensor (§6.3): conv (out, in, k, k), deconv (in, out, k, k)."""
+        if self.leaf == "bias":
+            return self.flax_shape
+        kh, kw, c_in, c_out = self.flax_shape
+        return (c_in, c_out, kh, kw) if self.is_deconv else (c_out, c_in, kh, kw)
+
+
+def _to_flax(slot: _Slot, value: np.ndarray) -> np.ndarray:
+    """Converts a PyTorch tensor to the Flax layout of `slot` (float32)."""
+    value = np.asarray(value, np.float32)
+    if slot.leaf == "bias":
+        return value
+    if slot.is_deconv:
+        # (in, out, kh, kw) -> (kh, kw, in, out), flipped in space (module docstring).
+        return np.ascontiguousarray(value.transpose(2, 3, 0, 1)[::-1, ::-1])
+    return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+
+
+def _slots(name: str, num_classes: int, width: float, learnable_upsampling: bool) -> dict:
+    """PyTorch key -> `_Slot` for every variable of the model, from its abstract init."""
+    model = get_model(name, num_classes, width=width, learnable_upsampling=learnable_upsampling)
+    # eval_shape: shapes only, no 134M-parameter allocation.
+    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    slots = {}
+    for collection, layers in abstract.items():
+        for layer, leaves in layers.items():
+            for leaf, spec in leaves.items():
+                torch_leaf = {"kernel": "weight", "bias": "bias"}[leaf]
+                slots[f"{layer}.{torch_leaf}"] = _Slot(collection, layer, leaf, tuple(spec.shape))
+    return slots
+
+
+def _check_tensors(
+    state: Mapping[str, np.ndarray], slots: Mapping[str, _Slot], names: Mapping[str, str]
+) -> None:
+    """Raises one ValueError naming every missing, extra or wrongly shaped tensor.
+
+    Args:
+      state: tensors in PyTorch layout, keyed like `slots`.
+      slots: the tensors the model needs.
+      names: how to call a key in messages (the key as written in the file).
+    """
+    problems = []
+    for key, slot in slots.items():
+        if key not in state:
+            problems.append(f"missing {names.get(key, key)} (expected shape {slot.torch_shape})")
+        elif tuple(state[key].shape) != slot.torch_shape:
+            problems.append(
+                f"wrong shape for {names.get(key, key)}: {tuple(state[key].shape)}, "
+                f"expected {slot.torch_shape}"
+            )
+        elif not np.issubdtype(state[key].dtype, np.floating):
+            problems.append(f"non-float dtype {state[key].dtype} for {names.get(key, key)}")
+    problems += [f"unexpected {names.get(k, k)}" for k in state if k not in slots]
+    if problems:
+        raise ValueError("checkpoint does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def _assemble(state: Mapping[str, np.ndarray], slots: Mapping[str, _Slot]) -> Variables:
+    """Builds the nested Flax variables from checked PyTorch tensors."""
+    variables: Variables = {}
+    for key, slot in slots.items():
+        layer = variables.setdefault(slot.collection, {}).setdefault(slot.layer, {})
+        layer[slot.leaf] = jnp.asarray(_to_flax(slot, state[key]))
+    return variables
+
+
+def _width_from(state: Mapping[str, np.ndarray], key: str) -> float:
+    """Width multiplier from the fc6 output channels (the widest layer: best resolution)."""
+    if key not in state or state[key].ndim < 1:
+        return 1.0  # Let the shape check report the missing tensor.
+    return state[key].shape[0] / FC_CHANNELS
+
+
+def fcn_variables_from_state_dict(
+    state: Mapping[str, np.ndarray],
+    name: str,
+    *,
+    num_classes: int | None = None,
+    width: float | None = None,
+    learnable_upsampling: bool = False,
+) -> Variables:
+    """Converts a pytorch-fcn state_dict (keys of §6.3) into Flax variables of `name`.
+
+    Args:
+      state: tensor name -> array, e.g. from `read_state_dict`.
+      name: `fcn32s`, `fcn16s`, `fcn8s` or `fcn8s_atonce` (same as `get_model`).
+      num_classes: defaults to the length of `score_fr.bias`.
+      width: defaults to (fc6 output channels) / 4096, as `get_model`'s `width`.
+      learnable_upsampling: put the transposed-conv kernels in `params` instead of
+        `upsampling`, as the model built with the same option expects.
+
+    Returns:
+      `{'params': ..., 'upsampling': ...}` ready for `get_model(name, num_classes,
+      width=width, learnable_upsampling=...).apply`.
+
+    Raises:
+      ValueError: naming every missing, unexpected or wrongly shaped tensor. The at-once
+        model has no tensors for its fixed scalings (§2.3), so none are expected.
+    """
+    if num_classes is None:
+        bias = state.get("score_fr.bias")
+        num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 21
+    if width is None:
+        width = _width_from(state, "fc6.bias")
+    slots = _slots(name, num_classes, width, learnable_upsampling)
+    _check_tensors(state, slots, {})
+    return _assemble(state, slots)
+
+
+def load_pytorch_fcn(
+    path: str | os.PathLike,
+    name: str,
+    *,
+    num_classes: int | None = None,
+    width: float | None = None,
+    learnable_upsampling: bool = False,
+) -> Variables:
+    """Loads a pytorch-fcn checkpoint (e.g. `fcn8s_from_caffe.pth`) as Flax variables.
+
+    Args:
+      path: a bare state_dict or a trainer checkpoint with `model_state_dict`, in torch's
+        zip or legacy format.
+      name: `fcn32s`, `fcn16s`, `fcn8s` or `fcn8s_atonce`.
+      num_classes: defaults to the file's (length of `score_fr.bias`).
+      width: defaults to the file's ((fc6 output channels) / 4096).
+      learnable_upsampling: see `fcn_variables_from_state_dict`.
+
+    Returns:
+      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+
+    Raises:
+      ValueError: the file does not fit the model; the message names every offending tensor.
+    """
+    return fcn_variables_from_state_dict(
+        read_state_dict(path),
+        name,
+        num_classes=num_classes,
+        width=width,
+        learnable_upsampling=learnable_upsampling,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet VGG16 -> FCN (§3.1, §6.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def _vgg16_feature_names() -> dict[str, str]:
+    """Maps torchvision `features.N` to FCN conv names (§6.4): conv/ReLU pairs, then a pool."""
+    names, index = {}, 0
+    for block, num_convs, _ in VGG16_BLOCKS:
+        for i in range(1, num_convs + 1):
+            names[f"features.{index}"] = f"conv{block}_{i}"
+            index += 2
+        index += 1
+    return names
+
+
+# fc6 / fc7 are torchvision's classifier.0 / classifier.3; jcjohnson's older conversion put
+# Dropout first, giving classifier.1 / classifier.4 (§6.2). classifier.6 (fc8) is discarded.
+_VGG_CLASSIFIER_LAYOUTS = ({"classifier.0": "fc6", "classifier.3": "fc7"},)
+_VGG_CLASSIFIER_LAYOUTS += ({"classifier.1": "fc6", "classifier.4": "fc7"},)
+_VGG_DISCARDED = ("classifier.6.weight", "classifier.6.bias")
+_LEAVES = ("weight", "bias")
+
+
+def vgg16_variables_from_state_dict(
+    state: Mapping[str, np.ndarray],
+    name: str,
+    num_classes: int = 21,
+    *,
+    width: float | None = None,
+    learnable_upsampling: bool = False,
+) -> Variables:
+    """Initialises FCN `name` from a torchvision-layout VGG16 state_dict (§3.1, §6.4).
+
+    Convolutions are copied; fc6 (4096, 25088) is reshaped row-major to (4096, 512, 7, 7) and
+    fc7 to (4096, 4096, 1, 1), as Caffe's `transplant` does; fc8 is dropped. Score layers are
+    zero and the upsampling kernels bilinear: the reference init (§2.1, §2.2, §3.1).
+
+    Args:
+      state: torchvision keys (`features.N.*`, `classifier.{0,3,6}.*`); the older jcjohnson
+        layout (`classifier.{1,4,6}.*`) is accepted too.
+      name: FCN variant (see `get_model`).
+      num_classes: classes of the new score layers.
+      width: defaults to (classifier.0 output features) / 4096.
+      learnable_upsampling: see `fcn_variables_from_state_dict`.
+
+    Returns:
+      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+
+    Raises:
+      ValueError: naming every missing, unexpected or wrongly shaped tensor (by its VGG name).
+    """
+    layout = _VGG_CLASSIFIER_LAYOUTS[0]
+    if "classifier.0.weight" not in state and "classifier.1.weight" in state:
+        layout = _VGG_CLASSIFIER_LAYOUTS[1]
+    vgg_to_fcn = {**_vgg16_feature_names(), **layout}
+    fc6_vgg = next(k for k, v in layout.items() if v == "fc6")
+    if width is None:
+        width = _width_from(state, f"{fc6_vgg}.bias")
+    slots = _slots(name, num_classes, width, learnable_upsampling)
+
+    # Messages name tensors as the file does; keys outside the mapping stay distinct from
+    # FCN names, so an FCN checkpoint passed here by mistake is rejected, not half-loaded.
+    names = {
+        f"{fcn}.{leaf}": f"{vgg}.{leaf}" for vgg, fcn in vgg_to_fcn.items() for leaf in _LEAVES
+    }
+    fcn_state = {}
+    for key, value in state.items():
+        if key in _VGG_DISCARDED:
+            continue
+        prefix, _, leaf = key.rpartition(".")
+        fcn_key = f"{vgg_to_fcn[prefix]}.{leaf}" if prefix in vgg_to_fcn else f"vgg:{key}"
+        names.setdefault(fcn_key, key)
+        if fcn_key in slots and value.ndim == 2 and leaf == "weight":
+            # Linear (out, in) -> conv (out, in / (kh * kw), kh, kw), row-major over (c, h, w)
+            # as Caffe's transplant does (§3.1); a non-divisible size fails the shape check.
+            kh, kw = slots[fcn_key].flax_shape[:2]
+            if value.shape[1] % (kh * kw) == 0:
+                value = value.reshape(value.shape[0], value.shape[1] // (kh * kw), kh, kw)
+        fcn_state[fcn_key] = value
+    vgg_slots = {k: s for k, s in slots.items() if s.layer.startswith(("conv", "fc"))}
+    _check_tensors(fcn_state, vgg_slots, names)
+
+    variables = _assemble(fcn_state, vgg_slots)
+    for key, slot in slots.items():
+        if key not in vgg_slots:
+            layer = variables.setdefault(slot.collection, {}).setdefault(slot.layer, {})
+            layer[slot.leaf] = jnp.asarray(_head_init(slot))
+    return variables
+
+
+def _head_init(slot: _Slot) -> np.ndarray:
+    """Reference init of a head tensor: bilinear upsampling, zero score layers (§3.1)."""
+    if slot.is_deconv:
+        size, size_w, c_in, c_out = slot.flax_shape
+        if size != size_w or c_in != c_out:
+            raise ValueError(f"{slot.layer}: cannot make a bilinear kernel of {slot.flax_shape}")
+        return bilinear_kernel(size, c_in)
+    return np.zeros(slot.flax_shape, np.float32)
+
+
+def load_vgg16(
+    path: str | os.PathLike,
+    name: str,
+    num_classes: int = 21,
+    *,
+    width: float | None = None,
+    learnable_upsampling: bool = False,
+) -> Variables:
+    """Initialises FCN `name` from an ImageNet VGG16 `.pth` in torchvision layout.
+
+    Use the Caffe VGG16 (`vgg16_from_caffe.pth`, BGR 0-255 mean-subtracted inputs) to follow
+    the reference recipe; torchvision's own `vgg16-397923af.pth` loads too but expects RGB
+    inputs normalised by ImageNet mean/std (§6.4).
+
+    Args:
+      path: the VGG16 state_dict file (zip or legacy format).
+      name: FCN variant (see `get_model`).
+      num_classes: classes of the (zero-initialised) score layers.
+      width: defaults to the file's ((classifier.0 output features) / 4096).
+      learnable_upsampling: see `fcn_variables_from_state_dict`.
+
+    Returns:
+      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+
+    Raises:
+      ValueError: naming every missing, unexpected or wrongly shaped tensor.
+    """
+    return vgg16_variables_from_state_dict(
+        read_state_dict(path),
+        name,
+        num_classes,
+        width=width,
+        learnable_upsampling=learnable_upsampling,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Staged initialisation (§3.1: 32s -> 16s -> 8s)
+# ---------------------------------------------------------------------------------------------
+
+
+def _by_name(variables: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(layer, leaf) -> (collection, value), regardless of the collection holding it."""
+    out = {}
+    for collection, layers in variables.items():
+        for layer, leaves in layers.items():
+            for leaf, value in leaves.items():
+                out[(layer, leaf)] = (collection, value)
+    return out
+
+
+def stage_variables(source: Mapping[str, Any], target: Mapping[str, Any]) -> Variables:
+    """Initialises a finer FCN from a trained coarser one by copying tensors by name (§3.1).
+
+    FCN-32s -> FCN-16s copies conv1_1 ... fc7 and score_fr; FCN-16s -> FCN-8s also copies
+    score_pool4 and upscore2. Tensors only the target has (the new skip score layers, zero;
+    the new upsampling kernels, bilinear) keep the target's values, so at the start the finer
+    net adds nothing from the new skip. Layers are matched by name across collections, so the
+    upsampling kernels are matched whether they are frozen or learnable in either model.
+
+    Args:
+      source: variables of the trained coarser model.
+      target: freshly initialised variables of the finer model (e.g. from `init_variables`,
+        or `load_vgg16`); not modified.
+
+    Returns:
+      New variables with the structure of `target`.
+
+    Raises:
+      ValueError: naming every tensor present in both with different shapes.
+    """
+    source_by_name = _by_name(source)
+    mismatched = []
+    staged: Variables = {}
+    for (layer, leaf), (collection, value) in _by_name(target).items():
+        if (layer, leaf) in source_by_name:
+            new = source_by_name[(layer, leaf)][1]
+            if tuple(new.shape) != tuple(value.shape):
+                mismatched.append(f"{layer}.{leaf}: source {new.shape}, target {value.shape}")
+            value = jnp.asarray(new, dtype=value.dtype)
+        staged.setdefault(collection, {}).setdefault(layer, {})[leaf] = value
+    if mismatched:
+        raise ValueError("cannot stage, shapes differ:\n  " + "\n  ".join(mismatched))
+    return staged
+
+
+# ---------------------------------------------------------------------------------------------
+# Published files (§6.2) and a download helper
+# ---------------------------------------------------------------------------------------------
+
+_DRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFile:
+    """A published weight file.
+
+    Attributes:
+      filename: name of the file in the cache folder.
+      url: where `fetch_weights` downloads it from.
+      md5: expected md5 hex digest, or None when only `sha256_prefix` is known.
+      sha256_prefix: leading hex digits of the sha256 (torchvision names its files by them).
+      page: where a person can download it by hand (defaults to `url`).
+      description: what the file is.
+    """
+
+    filename: str
+    url: str
+    md5: str | None = None
+    sha256_prefix: str | None = None
+    page: str | None = None
+    description: str = ""
+
+    def checksum_text(self) -> str:
+        """The expected checksum as printed in messages."""
+        if self.md5:
+            return f"md5 {self.md5}"
+        return f"sha256 starting {self.sha256_prefix}"
+
+
+def _drive_file(filename: str, drive_id: str, md5: str, description: str) -> WeightFile:
+    return WeightFile(
+        filename=filename,
+        url=_DRIVE.format(drive_id),
+        md5=md5,
+        page=f"https://drive.google.com/uc?id={drive_id}",
+        description=description,
+    )
+
+
+# Google Drive ids and md5s from pytorch-fcn (§6.2, current ids after 2021-08-23).
+WEIGHT_FILES: dict[str, WeightFile] = {
+    "vgg16_from_caffe": _drive_file(
+        "vgg16_from_caffe.pth",
+        "1adDBTGY3GcEB_47dvcibajyzi872RAs3",
+        "aa75b158f4181e7f6230029eb96c1b13",
+        "Caffe ILSVRC VGG16 in torchvision layout (for load_vgg16; BGR, mean-subtracted)",
+    ),
+    "fcn32s": _drive_file(
+        "fcn32s_from_caffe.pth",
+        "11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f",
+        "d3eb467a80e7da0468a20dfcbc13e6c8",
+        "voc-fcn32s (Caffe, converted by pytorch-fcn)",
+    ),
+    "fcn16s": _drive_file(
+        "fcn16s_from_caffe.pth",
+        "1bctu58B6YH9bu6lBBSBB2rUeGlGhYLoP",
+        "a2d4035f669f09483b39c9a14a0d6670",
+        "voc-fcn16s (Caffe, converted by pytorch-fcn)",
+    ),
+    "fcn8s": _drive_file(
+        "fcn8s_from_caffe.pth",
+        "1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI",
+        "de93e540ec79512f8770033849c8ae89",
+        "voc-fcn8s (Caffe, converted by pytorch-fcn)",
+    ),
+    "fcn8s_atonce": _drive_file(
+        "fcn8s-atonce_from_caffe.pth",
+        "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
+        "bfed4437e941fef58932891217fe6464",
+        "voc-fcn8s-atonce (Caffe, converted by pytorch-fcn)",
+    ),
+    "vgg16_torchvision": WeightFile(
+        filename="vgg16-397923af.pth",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        sha256_prefix="397923af",
+        description="torchvision's ImageNet VGG16 (RGB, ImageNet mean/std; not the FCN recipe)",
+    ),
+}
+
+CACHE_ENV = "FCN_JAX_CACHE"
+_CHUNK = 1 << 20
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A weight file could not be found, downloaded or verified."""
+
+
+def default_cache_dir() -> pathlib.Path:
+    """`$FCN_JAX_CACHE` if set, else `~/.cache/fcn_jax`."""
+    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "fcn_jax")
+
+
+def _digests(path: pathlib.Path) -> tuple[str, str]:
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            md5.update(chunk)
+            sha256.update(chunk)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _checksum_ok(spec: WeightFile, path: pathlib.Path) -> bool:
+    md5, sha256 = _digests(path)
+    if spec.md5:
+        return md5 == spec.md5.lower()
+    return sha256.startswith((spec.sha256_prefix or "").lower())
+
+
+def _unavailable(spec: WeightFile, dest: pathlib.Path, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"{reason}\n"
+        f"Get {spec.filename} ({spec.description or 'weights'}) by hand from\n"
+        f"  {spec.page or spec.url}\n"
+        f"check its {spec.checksum_text()}, and put it at\n"
+        f"  {dest}\n"
+        f"(or pass path=... to use a file elsewhere; set {CACHE_ENV} to move the cache folder)."
+    )
+
+
+def _download(spec: WeightFile, dest: pathlib.Path, timeout: float) -> None:
+    """Downloads to a temp file next to `dest`; renamed only once the checksum matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest.parent)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as r:
+            if r.headers.get_content_type() == "text/html":
+                # Google Drive answers with a page (quota, sign-in, virus-scan notice) rather
+                # than the file; no point in saving it.
+                raise WeightsUnavailableError(f"{spec.url} returned a web page, not the file")
+            while chunk := r.read(_CHUNK):
+                out.write(chunk)
+        if not _checksum_ok(spec, tmp):
+            raise WeightsUnavailableError(
+                f"downloaded {spec.filename} from {spec.url} but its checksum is wrong"
+            )
+        os.replace(tmp, dest)
+    except (OSError, urllib.error.URLError, WeightsUnavailableError) as err:
+        raise _unavailable(spec, dest, f"Could not download {spec.filename}: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_weights(
+    name: str | WeightFile,
+    cache_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    timeout: float = 60.0,
+) -> pathlib.Path:
+    """Returns the local path of a published weight file, downloading it once if needed.
+
+    Never called implicitly by a model: call it yourself and pass the path to `load_*`.
+
+    Args:
+      name: a key of `WEIGHT_FILES` (`vgg16_from_caffe`, `fcn32s`, `fcn16s`, `fcn8s`,
+        `fcn8s_atonce`, `vgg16_torchvision`) or a `WeightFile` of your own.
+      cache_dir: folder of downloaded files; default `default_cache_dir()`.
+      path: use this file instead of the cache (it is still checksum-verified).
+      download: when False, only look in the cache (no network).
+      timeout: seconds for the network connection.
+
+    Returns:
+      Path of a file whose checksum matches.
+
+    Raises:
+      WeightsUnavailableError: the file is missing and cannot be downloaded (offline, Drive
+        refusing, `download=False`), or its checksum is wrong. The message gives the URL,
+        the file name, its checksum and the folder to put it in. A failed download leaves
+        no file behind.
+      KeyError: unknown `name`.
+    """
+    if isinstance(name, WeightFile):
+        spec = name
+    elif name in WEIGHT_FILES:
+        spec = WEIGHT_FILES[name]
+    else:
+        raise KeyError(f"unknown weight file {name!r}; known: {sorted(WEIGHT_FILES)}")
+    dest = pathlib.Path(cache_dir or default_cache_dir()) / spec.filename
+    if path is not None:
+        given = pathlib.Path(path)
+        if not given.is_file():
+            raise _unavailable(spec, dest, f"{given} does not exist.")
+        if not _checksum_ok(spec, given):
+            raise _unavailable(spec, dest, f"{given} has the wrong checksum.")
+        return given
+    if dest.is_file():
+        if not _checksum_ok(spec, dest):
+            raise _unavailable(
+                spec, dest, f"{dest} has the wrong checksum (corrupt or another version)."
+            )
+        return dest
+    if not download:
+        raise _unavailable(spec, dest, f"{spec.filename} is not in the cache and download=False.")
+    _download(spec, dest, timeout)
+    return dest
