@@ -141,14 +141,18 @@ def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], grad: jax.Array) -> tu
     n, height, width, c = x.shape
     out_h, out_w = y.shape[1:3]
     padded = jnp.pad(x, ((0, 0), *_ceil_pad(x), (0, 0)), constant_values=-jnp.inf)
-    # (n, out_h, out_w, 4, c): the four taps of each window in row-major order.
-    taps = padded.reshape(n, out_h, 2, out_w, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    taps = taps.reshape(n, out_h, out_w, 4, c)
-    is_max = taps == y[:, :, :, None, :]
-    first_max = is_max & (jnp.cumsum(is_max, axis=3, dtype=jnp.int32) == 1)
-    dx = jnp.where(first_max, grad[:, :, :, None, :], 0).astype(x.dtype)
-    dx = dx.reshape(n, out_h, out_w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return (dx.reshape(n, 2 * out_h, 2 * out_w, c)[:, :height, :width],)
+    windows = padded.reshape(n, out_h, 2, out_w, 2, c)
+    # Walk the four taps in row-major order; each takes the gradient if it is the maximum and
+    # no earlier tap was (boolean masks only, so XLA fuses it all into one pass).
+    taken = jnp.zeros(y.shape, bool)
+    taps = []
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        first_max = (windows[:, :, i, :, j, :] == y) & ~taken
+        taken = taken | first_max
+        taps.append(jnp.where(first_max, grad, 0).astype(x.dtype))
+    dx = jnp.stack(taps, axis=3).reshape(n, out_h, out_w, 2, 2, c)
+    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * out_h, 2 * out_w, c)
+    return (dx[:, :height, :width],)
 
 
 max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
