@@ -1,0 +1,68 @@
+"""Analytic FLOP counts of the FCN models (multiply-adds count as two FLOPs).
+
+The forward count sums every convolution and transposed convolution at the sizes of
+FCN_REFERENCE.md §2.5; a train step adds the input gradient of every layer but conv1_1 (its
+input is the image) and the weight gradient of every trained layer, each as costly as the
+forward of that layer.
+"""
+
+import math
+
+import numpy as np
+
+from fcn_jax import models
+
+
+def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
+    return 2 * out_h * out_w * c_in * c_out * k * k
+
+
+def _deconv(in_h: int, in_w: int, c: int, k: int) -> int:
+    return 2 * in_h * in_w * c * c * k * k
+
+
+def layer_flops(name: str, height: int, width: int, num_classes: int = 21) -> dict[str, int]:
+    """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image."""
+    flops = {}
+    h, w = height + 2 * models.CONV1_1_PADDING - 2, width + 2 * models.CONV1_1_PADDING - 2
+    c_in = 3
+    pools = {}
+    for block, num_convs, channels in models.VGG16_BLOCKS:
+        for i in range(1, num_convs + 1):
+            flops[f"conv{block}_{i}"] = _conv(h, w, c_in, channels, 3)
+            c_in = channels
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        pools[block] = (h, w, channels)
+    h, w = h - 6, w - 6  # fc6 is a 7x7 VALID convolution
+    flops["fc6"] = _conv(h, w, 512, models.FC_CHANNELS, 7)
+    flops["fc7"] = _conv(h, w, models.FC_CHANNELS, models.FC_CHANNELS, 1)
+    flops["score_fr"] = _conv(h, w, models.FC_CHANNELS, num_classes, 1)
+    stride = {"fcn32s": 32, "fcn16s": 16}.get(name, 8)
+    if stride == 32:
+        flops["upscore"] = _deconv(h, w, num_classes, 64)
+        return flops
+    flops["upscore2"] = _deconv(h, w, num_classes, 4)
+    flops["score_pool4"] = _conv(*pools[4][:2], 512, num_classes, 1)
+    h, w = 2 * h + 2, 2 * w + 2
+    if stride == 16:
+        flops["upscore16"] = _deconv(h, w, num_classes, 32)
+        return flops
+    flops["upscore_pool4"] = _deconv(h, w, num_classes, 4)
+    flops["score_pool3"] = _conv(*pools[3][:2], 256, num_classes, 1)
+    flops["upscore8"] = _deconv(2 * h + 2, 2 * w + 2, num_classes, 16)
+    return flops
+
+
+def forward_flops(name: str, height: int, width: int, num_classes: int = 21) -> int:
+    """Forward FLOPs of one image."""
+    return int(np.sum(list(layer_flops(name, height, width, num_classes).values())))
+
+
+def train_flops(name: str, height: int, width: int, num_classes: int = 21) -> int:
+    """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe)."""
+    total = 0
+    for layer, fwd in layer_flops(name, height, width, num_classes).items():
+        input_grad = 0 if layer == "conv1_1" else fwd
+        weight_grad = 0 if layer.startswith("upscore") else fwd
+        total += fwd + input_grad + weight_grad
+    return total
