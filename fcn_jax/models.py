@@ -165,32 +165,39 @@ def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_im2col_weight_grad(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+def _conv_matmul_grads(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
     return _conv_nhwc(x, kernel, padding)
 
 
-def _im2col_fwd(x, kernel, padding):
+def _matmul_grads_fwd(x, kernel, padding):
     return _conv_nhwc(x, kernel, padding), (x, kernel)
 
 
-def _im2col_bwd(padding, residuals, grad):
+def _matmul_grads_bwd(padding, residuals, grad):
     x, kernel = residuals
-    kh, kw = kernel.shape[:2]
+    kh, kw, c_in, c_out = kernel.shape
     out_h, out_w = grad.shape[1:3]
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    # (N, out_h, out_w, kh * kw * C_in) patches in the kernel's (kh, kw, in) order.
-    patches = jnp.concatenate(
-        [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)], axis=-1
+    # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
+    patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
+    dkernel = jnp.einsum("nhwti,nhwo->tio", patches, grad).reshape(kernel.shape)
+    # Input gradient: output_grad @ kernel^T gives every tap's contribution, summed back into
+    # place (col2im). XLA drops this branch when nobody asks for it (conv1_1's input).
+    cols = jnp.einsum("nhwo,tio->nhwti", grad, kernel.reshape(kh * kw, c_in, c_out))
+    dpadded = sum(
+        jnp.pad(cols[:, :, :, t], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+        for t, (i, j) in enumerate(taps)
     )
-    dkernel = jnp.einsum("nhwk,nhwo->ko", patches, grad).reshape(kernel.shape)
-    dx = jax.vjp(lambda v: _conv_nhwc(v, kernel, padding), x)[1](grad)[0]
-    return dx, dkernel.astype(kernel.dtype)
+    (top, _), (left, _) = padding
+    dx = dpadded[:, top : top + x.shape[1], left : left + x.shape[2]]
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-_conv_im2col_weight_grad.defvjp(_im2col_fwd, _im2col_bwd)
+_conv_matmul_grads.defvjp(_matmul_grads_fwd, _matmul_grads_bwd)
 
 
-def conv_with_im2col_weight_grad(
+def conv_with_matmul_grads(
     lhs: jax.Array,
     rhs: jax.Array,
     window_strides: Sequence[int],
@@ -201,20 +208,24 @@ def conv_with_im2col_weight_grad(
     feature_group_count: int = 1,
     precision: Any = None,
 ) -> jax.Array:
-    """Drop-in `lax.conv_general_dilated` for `nn.Conv` whose kernel gradient is one matmul.
+    """Drop-in `lax.conv_general_dilated` for `nn.Conv` whose gradients are plain matmuls.
 
-    For conv1_1 (3 input channels on a 573x698 map) XLA's CPU weight-gradient convolution
-    runs at a few GFLOP/s; the same gradient as patches^T @ output_grad is a single tall
-    matrix product, about seven times faster. The forward pass and the input gradient are
-    XLA's own. Only the plain case nn.Conv uses here is supported (NHWC, stride 1, no
-    dilation, no groups).
+    The forward pass is XLA's convolution. The backward pass is written as matrix products
+    because XLA's CPU gradient convolutions are slow in two FCN layers: conv1_1's kernel
+    gradient (3 input channels over a 573x698 map: a few GFLOP/s, here one tall matmul,
+    about 7x faster) and fc6's (a 7x7 kernel over a 12x16 map: XLA transposes the 400 MB
+    kernel every step; here both gradients take 40% less time). Elsewhere XLA's own
+    gradients are faster, so only those two layers use this. Only the plain case nn.Conv uses
+    here is supported (NHWC, stride 1, no dilation, no groups).
     """
     del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and default precision.
     if tuple(window_strides) != (1, 1) or feature_group_count != 1:
-        raise ValueError("conv_with_im2col_weight_grad supports stride 1 without groups only")
+        raise ValueError("conv_with_matmul_grads supports stride 1 without groups only")
     if any(d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
-        raise ValueError("conv_with_im2col_weight_grad does not support dilation")
-    return _conv_im2col_weight_grad(lhs, rhs, tuple(tuple(p) for p in padding))
+        raise ValueError("conv_with_matmul_grads does not support dilation")
+    if isinstance(padding, str):  # nn.Conv passes "VALID" / "SAME" through unchanged.
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    return _conv_matmul_grads(lhs, rhs, tuple(tuple(p) for p in padding))
 
 
 class FCN(nn.Module):
@@ -253,7 +264,7 @@ class FCN(nn.Module):
                     self._channels(channels),
                     (3, 3),
                     padding=CONV1_1_PADDING if first else 1,
-                    conv_general_dilated=conv_with_im2col_weight_grad if first else None,
+                    conv_general_dilated=conv_with_matmul_grads if first else None,
                     name=f"conv{block}_{i}",
                 )(x)
                 x = nn.relu(x)
@@ -261,7 +272,13 @@ class FCN(nn.Module):
             pools[block] = x
         # fc6 / fc7: the fully connected layers "convolutionalised" (§1 rows 19-22); dropout is
         # element-wise as in Caffe, not channel-wise like PyTorch's Dropout2d (§1).
-        x = conv(self._channels(FC_CHANNELS), (7, 7), padding="VALID", name="fc6")(x)
+        x = conv(
+            self._channels(FC_CHANNELS),
+            (7, 7),
+            padding="VALID",
+            conv_general_dilated=conv_with_matmul_grads,
+            name="fc6",
+        )(x)
         x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
         x = conv(self._channels(FC_CHANNELS), (1, 1), padding="VALID", name="fc7")(x)
         x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))

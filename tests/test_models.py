@@ -239,10 +239,17 @@ def test_max_pool_gradient_matches_xla_select_and_scatter(shape):
     )
 
 
-def test_im2col_weight_grad_conv_matches_xla_convolution():
-    x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-    padding = ((4, 4), (4, 4))
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, padding",
+    [
+        ((2, 9, 11, 3), (3, 3, 3, 5), ((4, 4), (4, 4))),  # conv1_1-like: padded, 3 channels
+        ((1, 10, 12, 6), (7, 7, 6, 4), "VALID"),  # fc6-like: 7x7 VALID
+        ((1, 8, 8, 2), (3, 3, 2, 3), ((1, 2), (0, 1))),  # uneven padding
+    ],
+)
+def test_matmul_grad_conv_matches_xla_convolution(x_shape, kernel_shape, padding):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
 
     def reference(v, k):
         return jax.lax.conv_general_dilated(
@@ -250,7 +257,7 @@ def test_im2col_weight_grad_conv_matches_xla_convolution():
         )
 
     def custom(v, k):
-        return models.conv_with_im2col_weight_grad(v, k, (1, 1), padding)
+        return models.conv_with_matmul_grads(v, k, (1, 1), padding)
 
     out = custom(x, kernel)
     np.testing.assert_allclose(out, reference(x, kernel), rtol=1e-5, atol=1e-5)
@@ -259,5 +266,9 @@ def test_im2col_weight_grad_conv_matches_xla_convolution():
         jax.vjp(custom, x, kernel)[1](g), jax.vjp(reference, x, kernel)[1](g), strict=True
     ):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_grad_conv_rejects_strides():
+    x, kernel = jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 2))
     with pytest.raises(ValueError, match="stride 1"):
-        models.conv_with_im2col_weight_grad(x, kernel, (2, 2), padding)
+        models.conv_with_matmul_grads(x, kernel, (2, 2), "VALID")
