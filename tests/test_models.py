@@ -222,21 +222,22 @@ def test_get_model_rejects_bad_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 6, 2), (1, 1, 1, 1)])
-def test_max_pool_gradient_matches_xla_select_and_scatter(shape):
-    # ReLU'd input has many tied zeros: the gradient must go to the first maximum only.
-    x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))
-    x = x.at[0, 0, 0, 0].set(x[0, 0, 1, 0])  # a tie between two positive values as well
+def test_fused_relu_pool_matches_xla_relu_then_max_pool(shape):
+    # Negative inputs give windows whose ReLU'd values tie at zero; add a positive tie too:
+    # the gradient must go to the first maximum only, and nowhere for a window of zeros.
+    x = jax.random.normal(jax.random.key(0), shape)
+    x = x.at[0, 0, 0, 0].set(x[0, 0, 1, 0] if shape[2] > 1 else 1.0)
+    x = x.at[0, 0, 1 % shape[2], 0].set(jnp.abs(x[0, 0, 0, 0]))
 
     def reference(v):
-        return nn.max_pool(v, (2, 2), strides=(2, 2), padding=models._ceil_pad(v))
+        return nn.max_pool(jax.nn.relu(v), (2, 2), strides=(2, 2), padding=models._ceil_pad(v))
 
-    out = models.max_pool_ceil(x)
+    out = models.relu_max_pool_ceil(x)
     assert out.shape == (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
     np.testing.assert_array_equal(out, reference(x))
     g = jax.random.normal(jax.random.key(1), out.shape)
-    np.testing.assert_array_equal(
-        jax.vjp(models.max_pool_ceil, x)[1](g)[0], jax.vjp(reference, x)[1](g)[0]
-    )
+    fused = jax.jit(lambda v, g: jax.vjp(models.relu_max_pool_ceil, v)[1](g)[0])
+    np.testing.assert_array_equal(fused(x, g), jax.vjp(reference, x)[1](g)[0])
 
 
 @pytest.mark.parametrize(
