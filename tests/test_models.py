@@ -1,4 +1,3 @@
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -219,57 +218,3 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_get_model_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.get_model(**kwargs)
-
-
-@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 6, 2), (1, 1, 1, 1)])
-def test_fused_relu_pool_matches_xla_relu_then_max_pool(shape):
-    # Negative inputs give windows whose ReLU'd values tie at zero; add a positive tie too:
-    # the gradient must go to the first maximum only, and nowhere for a window of zeros.
-    x = jax.random.normal(jax.random.key(0), shape)
-    x = x.at[0, 0, 0, 0].set(x[0, 0, 1, 0] if shape[2] > 1 else 1.0)
-    x = x.at[0, 0, 1 % shape[2], 0].set(jnp.abs(x[0, 0, 0, 0]))
-
-    def reference(v):
-        return nn.max_pool(jax.nn.relu(v), (2, 2), strides=(2, 2), padding=models._ceil_pad(v))
-
-    out = models.relu_max_pool_ceil(x)
-    assert out.shape == (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
-    np.testing.assert_array_equal(out, reference(x))
-    g = jax.random.normal(jax.random.key(1), out.shape)
-    fused = jax.jit(lambda v, g: jax.vjp(models.relu_max_pool_ceil, v)[1](g)[0])
-    np.testing.assert_array_equal(fused(x, g), jax.vjp(reference, x)[1](g)[0])
-
-
-@pytest.mark.parametrize(
-    "x_shape, kernel_shape, padding",
-    [
-        ((2, 9, 11, 3), (3, 3, 3, 5), ((4, 4), (4, 4))),  # conv1_1-like: padded, 3 channels
-        ((1, 10, 12, 6), (7, 7, 6, 4), "VALID"),  # fc6-like: 7x7 VALID
-        ((1, 8, 8, 2), (3, 3, 2, 3), ((1, 2), (0, 1))),  # uneven padding
-    ],
-)
-def test_matmul_grad_conv_matches_xla_convolution(x_shape, kernel_shape, padding):
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
-
-    def reference(v, k):
-        return jax.lax.conv_general_dilated(
-            v, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
-    def custom(v, k):
-        return models.conv_with_matmul_grads(v, k, (1, 1), padding)
-
-    out = custom(x, kernel)
-    np.testing.assert_allclose(out, reference(x, kernel), rtol=1e-5, atol=1e-5)
-    g = jax.random.normal(jax.random.key(2), out.shape)
-    for got, want in zip(
-        jax.vjp(custom, x, kernel)[1](g), jax.vjp(reference, x, kernel)[1](g), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_matmul_grad_conv_rejects_strides():
-    x, kernel = jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 2))
-    with pytest.raises(ValueError, match="stride 1"):
-        models.conv_with_matmul_grads(x, kernel, (2, 2), "VALID")

@@ -1,0 +1,158 @@
+"""Array operations of the FCN graph with reference semantics and fast gradients.
+
+* `crop`: Caffe's top-left-anchored `Crop` (FCN_REFERENCE.md §2.1).
+* `relu_max_pool_ceil`: ReLU then ceil-mode 2x2 max pooling (§1, §2.6).
+* `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
+
+The last two have hand-written gradients, equal to the ones JAX derives but faster and
+smaller on XLA's CPU backend; tests/test_layers.py checks them against XLA's own.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def crop(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
+    """Caffe `Crop` on an NHWC tensor: rows/cols [offset, offset + size), top-left anchored (§2.1).
+
+    Raises:
+      ValueError: if the crop would run past the source, as Caffe aborts in that case.
+    """
+    if x.shape[1] < offset + height or x.shape[2] < offset + width:
+        raise ValueError(
+            f"crop [{offset}:{offset + height}, {offset}:{offset + width}] runs past a "
+            f"{x.shape[1]}x{x.shape[2]} map"
+        )
+    return x[:, offset : offset + height, offset : offset + width, :]
+
+
+def _ceil_pad(x: jax.Array) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Bottom/right padding that makes 2x2 stride-2 pooling round up (Caffe's ceil mode)."""
+    return (0, x.shape[1] % 2), (0, x.shape[2] % 2)
+
+
+_NO_GRADIENT = 4  # window index meaning "the window's maximum is <= 0": ReLU passes nothing.
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, ceil(H/2), 2, ceil(W/2), 2, C), padded with -inf (ceil mode)."""
+    n, height, width, c = x.shape
+    padded = jnp.pad(x, ((0, 0), *_ceil_pad(x), (0, 0)), constant_values=-jnp.inf)
+    return padded.reshape(n, -(-height // 2), 2, -(-width // 2), 2, c)
+
+
+@jax.custom_vjp
+def relu_max_pool_ceil(x: jax.Array) -> jax.Array:
+    """ReLU then 2x2 stride-2 max pooling with Caffe's ceil rounding (§1; load-bearing, §2.6).
+
+    An odd extent is padded by one -inf row/column at the bottom/right, which equals Caffe's
+    clipped border windows since the pooling itself has no padding.
+
+    The gradient is exactly that of `max_pool(relu(x))` in Caffe and XLA: it goes to the first
+    maximum of each window in row-major order, and nowhere if that maximum is <= 0. Fusing
+    the two lets the backward pass keep one byte per pooled value (which tap won) instead of
+    the block's last activation map twice (the ReLU input and its output): 300 MB less at
+    500x375. It also avoids XLA's CPU select-and-scatter, about four times slower than the
+    element-wise backward here (benchmarks/train_step.py).
+    """
+    return nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding=_ceil_pad(x))
+
+
+def _relu_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
+    y = relu_max_pool_ceil(x)
+    windows = _windows(x)
+    winner = jnp.full(y.shape, _NO_GRADIENT, jnp.uint8)
+    # Walk the taps backwards so that the first maximum in row-major order is kept.
+    for tap, (i, j) in reversed(list(enumerate(((0, 0), (0, 1), (1, 0), (1, 1))))):
+        winner = jnp.where(windows[:, :, i, :, j, :] == y, jnp.uint8(tap), winner)
+    winner = jnp.where(y > 0, winner, jnp.uint8(_NO_GRADIENT))
+    return y, (winner, x.shape)
+
+
+def _relu_pool_bwd(
+    residuals: tuple[jax.Array, tuple[int, ...]], grad: jax.Array
+) -> tuple[jax.Array]:
+    winner, (n, height, width, c) = residuals
+    out_h, out_w = winner.shape[1:3]
+    taps = [jnp.where(winner == tap, grad, 0) for tap in range(4)]
+    dx = jnp.stack(taps, axis=3).reshape(n, out_h, out_w, 2, 2, c)
+    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * out_h, 2 * out_w, c)
+    return (dx[:, :height, :width],)
+
+
+relu_max_pool_ceil.defvjp(_relu_pool_fwd, _relu_pool_bwd)
+
+
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_matmul_grads(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+    return _conv_nhwc(x, kernel, padding)
+
+
+def _matmul_grads_fwd(x, kernel, padding):
+    return _conv_nhwc(x, kernel, padding), (x, kernel)
+
+
+def _matmul_grads_bwd(padding, residuals, grad):
+    x, kernel = residuals
+    kh, kw, c_in, c_out = kernel.shape
+    out_h, out_w = grad.shape[1:3]
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
+    patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
+    dkernel = jnp.einsum("nhwti,nhwo->tio", patches, grad).reshape(kernel.shape)
+    # Input gradient: output_grad @ kernel^T gives every tap's contribution, summed back into
+    # place (col2im). XLA drops this branch when nobody asks for it (conv1_1's input).
+    cols = jnp.einsum("nhwo,tio->nhwti", grad, kernel.reshape(kh * kw, c_in, c_out))
+    dpadded = sum(
+        jnp.pad(cols[:, :, :, t], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+        for t, (i, j) in enumerate(taps)
+    )
+    (top, _), (left, _) = padding
+    dx = dpadded[:, top : top + x.shape[1], left : left + x.shape[2]]
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv_matmul_grads.defvjp(_matmul_grads_fwd, _matmul_grads_bwd)
+
+
+def conv_with_matmul_grads(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> jax.Array:
+    """Drop-in `lax.conv_general_dilated` for `nn.Conv` whose gradients are plain matmuls.
+
+    The forward pass is XLA's convolution. The backward pass is written as matrix products
+    because XLA's CPU gradient convolutions are slow in two FCN layers: conv1_1's kernel
+    gradient (3 input channels over a 573x698 map: a few GFLOP/s, here one tall matmul,
+    about 7x faster) and fc6's (a 7x7 kernel over a 12x16 map: XLA transposes the 400 MB
+    kernel every step; here both gradients take 40% less time). Elsewhere XLA's own
+    gradients are faster, so only those two layers use this. Only the plain case nn.Conv uses
+    here is supported (NHWC, stride 1, no dilation, no groups).
+    """
+    del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and default precision.
+    if tuple(window_strides) != (1, 1) or feature_group_count != 1:
+        raise ValueError("conv_with_matmul_grads supports stride 1 without groups only")
+    if any(d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
+        raise ValueError("conv_with_matmul_grads does not support dilation")
+    if isinstance(padding, str):  # nn.Conv passes "VALID" / "SAME" through unchanged.
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    return _conv_matmul_grads(lhs, rhs, tuple(tuple(p) for p in padding))
