@@ -1,0 +1,249 @@
+"""tf.data input pipelines from the TFDS segmentation builders.
+
+Batches have static shapes for `jax.jit`: every image is placed top-left on a fixed canvas
+(`config.dataset.canvas_size`); the rest of the canvas is 0 in the preprocessed image and void
+(255) in the label, so it never counts in the loss or the metrics.
+
+Train batches are deterministic given `config.seed` and can start at any step: examples are
+shuffled as serialized records, numbered, and skipped before any decoding; each example's
+augmentation draws from a stateless generator seeded by (seed, example number). A resumed run
+therefore sees exactly the examples an uninterrupted one would.
+
+Evaluation covers every example of the split once: the last batch is filled with empty
+examples whose `mask` entry is False and whose labels are all void.
+"""
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import fcn_jax.datasets  # noqa: F401  (registers the builders)
+
+VOID = 255
+# Per-channel mean of the reference's Caffe VGG16, BGR order, 0-255 scale (§4.4).
+CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
+# torchvision's ImageNet statistics, RGB order, 0-1 scale (§6.4).
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+PREPROCESSING = ("caffe", "torchvision")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the data fields of `config`; raises ValueError naming the first bad field."""
+    data = config.dataset
+    if data.preprocessing not in PREPROCESSING:
+        raise ValueError(
+            f"config.dataset.preprocessing={data.preprocessing!r}: use one of {PREPROCESSING}"
+        )
+    canvas = tuple(data.canvas_size)
+    if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
+        raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
+    for field in ("batch_size", "eval_batch_size"):
+        value = config[field]
+        if value < 1 or value % jax.device_count() or value % jax.process_count():
+            raise ValueError(
+                f"config.{field}={value} must be a positive multiple of the device count "
+                f"({jax.device_count()}) and of the process count ({jax.process_count()})"
+            )
+    if not 0 < data.min_scale <= data.max_scale:
+        raise ValueError(
+            f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
+            "need 0 < min_scale <= max_scale"
+        )
+    if data.shuffle_buffer < 1:
+        raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
+
+
+def normalize_image(image: Any, preprocessing: str) -> tf.Tensor:
+    """Turns uint8 RGB images (..., H, W, 3) into the network's float32 input.
+
+    Args:
+      image: uint8 RGB, numpy or tf.
+      preprocessing: 'caffe' (BGR, 0-255, minus the mean of §4.4: the reference and the Caffe
+        VGG16 weights) or 'torchvision' (RGB, 0-1, ImageNet mean/std: torchvision's VGG16).
+    """
+    image = tf.cast(image, tf.float32)
+    if preprocessing == "caffe":
+        return image[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
+    if preprocessing == "torchvision":
+        mean, std = tf.constant(TORCHVISION_MEAN), tf.constant(TORCHVISION_STD)
+        return (image / 255.0 - mean) / std
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSING}")
+
+
+def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `config.dataset.name`, prepared (built) on first use."""
+    builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+    if not builder.is_prepared():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=config.dataset.manual_dir),
+        )
+    return builder
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+    """The number of examples in the whole `split` (all processes)."""
+    return _builder(config).info.splits[split].num_examples
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """The number of classes of the dataset (21 for VOC), from the builder's metadata."""
+    return len(_builder(config).info.metadata["class_names"])
+
+
+def _place_on_canvas(
+    image: tf.Tensor, label: tf.Tensor, canvas: tuple[int, int], name: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pads a preprocessed image with 0 and its label with void, bottom/right, to the canvas."""
+    shape = tf.shape(image)
+    message = (
+        f"image larger than config.dataset.canvas_size={canvas}: enlarge the canvas or set "
+        "config.dataset.random_crop=True (training only). Image name and size:"
+    )
+    fits = tf.reduce_all(shape[:2] <= tf.constant(canvas))
+    check = tf.debugging.Assert(fits, [message, name, shape])
+    with tf.control_dependencies([check]):
+        pad = [[0, canvas[0] - shape[0]], [0, canvas[1] - shape[1]]]
+        image = tf.pad(image, pad + [[0, 0]])
+        label = tf.pad(label, pad, constant_values=VOID)
+    return tf.ensure_shape(image, (*canvas, 3)), tf.ensure_shape(label, canvas)
+
+
+def _augment(
+    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random scale (bilinear image, nearest label) and horizontal flip, from a stateless seed."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    scale = tf.random.stateless_uniform([], seeds[0], data.min_scale, data.max_scale)
+    size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+    image = tf.image.resize(image, size, method="bilinear")
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    if data.random_flip:
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+        label = tf.cond(flip, lambda: label[:, ::-1], lambda: label)
+    return image, label
+
+
+def _random_crop(
+    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, canvas: tuple[int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crops an image larger than the canvas to at most the canvas, at a random offset."""
+    shape = tf.shape(image)
+    crop_h, crop_w = tf.minimum(shape[0], canvas[0]), tf.minimum(shape[1], canvas[1])
+    limits = tf.stack([shape[0] - crop_h + 1, shape[1] - crop_w + 1])
+    offset = tf.random.stateless_uniform([2], seed, 0, tf.int32.max, tf.int32) % limits
+    image = image[offset[0] : offset[0] + crop_h, offset[1] : offset[1] + crop_w]
+    label = label[offset[0] : offset[0] + crop_h, offset[1] : offset[1] + crop_w]
+    return image, label
+
+
+def _train_example_fn(config: ml_collections.ConfigDict, decoder):
+    data, canvas = config.dataset, tuple(config.dataset.canvas_size)
+
+    def prepare(index: tf.Tensor, example: dict) -> dict:
+        seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+        image = normalize_image(decoder(example["image"]), data.preprocessing)
+        label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
+        crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if data.augment:
+            image, label = _augment(image, label, augment_seed, data)
+        if data.random_crop:
+            image, label = _random_crop(image, label, crop_seed, canvas)
+        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
+        return {"image": image, "label": label}
+
+    return prepare
+
+
+def _dataset(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+    """This process's share of `split`, images still encoded, in a fixed order."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return builder.as_dataset(
+        split=tfds.split_for_jax_process(split),
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    ).with_options(options)
+
+
+def _local_batch(global_batch: int) -> int:
+    return global_batch // jax.process_count()
+
+
+def create_train_iterator(
+    config: ml_collections.ConfigDict, *, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless iterator over this process's share of each global train batch.
+
+    Args:
+      config: see `validate_config`; reads `seed`, `batch_size` and `dataset.*`.
+      start_step: the first batch to yield; batch k is the same as an uninterrupted
+        iterator's k-th batch.
+
+    Yields:
+      {'image': float32 (B, H, W, 3), 'label': int32 (B, H, W)}, B = batch_size / processes.
+    """
+    validate_config(config)
+    builder = _builder(config)
+    decoder = builder.info.features["image"].decode_example
+    batch = _local_batch(config.batch_size)
+    ds = _dataset(builder, config.dataset.train_split)
+    ds = ds.shuffle(config.dataset.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.repeat().enumerate().skip(start_step * batch)
+    ds = ds.map(_train_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()
+
+
+def _eval_example_fn(config: ml_collections.ConfigDict, decoder):
+    canvas = tuple(config.dataset.canvas_size)
+
+    def prepare(example: dict) -> dict:
+        image = normalize_image(decoder(example["image"]), config.dataset.preprocessing)
+        label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
+        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
+        return {"image": image, "label": label, "mask": tf.constant(True)}
+
+    return prepare
+
+
+def create_eval_iterator(
+    config: ml_collections.ConfigDict, split: str | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over this process's share of `split`, every example exactly once.
+
+    Args:
+      config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
+      split: defaults to `config.dataset.eval_split`.
+
+    Yields:
+      {'image', 'label' as for training, 'mask': bool (B,)}; the last batch is padded with
+      empty examples (mask False, label all void). Every process yields the same number of
+      batches.
+    """
+    validate_config(config)
+    split = split or config.dataset.eval_split
+    builder = _builder(config)
+    decoder = builder.info.features["image"].decode_example
+    batch = _local_batch(config.eval_batch_size)
+    ds = _dataset(builder, split).map(
+        _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    local = builder.info.splits[tfds.split_for_jax_process(split)].num_examples
+    largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
+    padded = math.ceil(largest_share / batch) * batch
+    canvas = tuple(config.dataset.canvas_size)
+    empty = {
+        "image": tf.zeros((*canvas, 3), tf.float32),
+        "label": tf.fill(canvas, VOID),
+        "mask": tf.constant(False),
+    }
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(padded - local))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
