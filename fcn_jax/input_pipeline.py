@@ -77,9 +77,11 @@ def normalize_image(image: Any, preprocessing: str) -> tf.Tensor:
     raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSING}")
 
 
-def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of `config.dataset.name`, prepared (built) on first use."""
-    builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+def _builder(
+    config: ml_collections.ConfigDict, name: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """The TFDS builder `name` (default `config.dataset.name`), prepared on first use."""
+    builder = tfds.builder(name or config.dataset.name, data_dir=config.dataset.data_dir)
     if not builder.is_prepared():
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=config.dataset.manual_dir),
@@ -87,14 +89,28 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
-    """The number of examples in the whole `split` (all processes)."""
-    return _builder(config).info.splits[split].num_examples
+def num_examples(config: ml_collections.ConfigDict, split: str, name: str | None = None) -> int:
+    """The number of examples in the whole `split` (all processes) of dataset `name`."""
+    return _builder(config, name).info.splits[split].num_examples
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The dataset's class names, in label order, from the builder's metadata."""
+    return list(_builder(config).info.metadata["class_names"])
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
-    """The number of classes of the dataset (21 for VOC), from the builder's metadata."""
-    return len(_builder(config).info.metadata["class_names"])
+    """The number of classes of the dataset (21 for VOC)."""
+    return len(class_names(config))
+
+
+def denormalize_image(image: np.ndarray, preprocessing: str) -> np.ndarray:
+    """Inverse of `normalize_image` for display: float32 network input -> uint8 RGB."""
+    if preprocessing == "caffe":
+        rgb = (image + np.asarray(CAFFE_BGR_MEAN, np.float32))[..., ::-1]
+    else:
+        rgb = (image * np.asarray(TORCHVISION_STD) + np.asarray(TORCHVISION_MEAN)) * 255.0
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
 def _place_on_canvas(
@@ -221,7 +237,8 @@ def create_eval_iterator(
 
     Args:
       config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
-      split: defaults to `config.dataset.eval_split`.
+      split: defaults to `config.dataset.eval_split`, of dataset `config.dataset.eval_name`
+        (default `config.dataset.name`: the reference trains on SBD, evaluates on VOC).
 
     Yields:
       {'image', 'label' as for training, 'mask': bool (B,)}; the last batch is padded with
@@ -230,7 +247,7 @@ def create_eval_iterator(
     """
     validate_config(config)
     split = split or config.dataset.eval_split
-    builder = _builder(config)
+    builder = _builder(config, config.dataset.get("eval_name") or config.dataset.name)
     decoder = builder.info.features["image"].decode_example
     batch = _local_batch(config.eval_batch_size)
     ds = _dataset(builder, split).map(

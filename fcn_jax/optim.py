@@ -59,5 +59,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: use one of {SCHEDULES}")
     if not opt.learning_rate > 0:
         raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be > 0")
+    if opt.schedule == "cosine" and not 0 <= opt.warmup_steps < config.num_train_steps:
+        raise ValueError(
+            f"config.optimizer.warmup_steps={opt.warmup_steps} must be in "
+            f"[0, num_train_steps={config.num_train_steps})"
+        )
     if opt.weight_decay < 0 or not 0 <= opt.momentum < 1:
         raise ValueError("config.optimizer: need weight_decay >= 0 and 0 <= momentum < 1")

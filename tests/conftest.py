@@ -18,3 +18,17 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 _TMP = tempfile.mkdtemp(prefix="fcn_jax_tests_")
 os.environ["TMPDIR"] = _TMP
 tempfile.tempdir = _TMP
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir with `synthetic_shapes` built once for the whole session."""
+    import tensorflow_datasets as tfds
+
+    import fcn_jax.datasets  # noqa: F401
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("synthetic_shapes", data_dir=data_dir).download_and_prepare()
+    return data_dir

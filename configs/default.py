@@ -1,0 +1,70 @@
+"""Base config: the reference recipe of FCN_REFERENCE.md §4 (FCN-8s staged numbers).
+
+The variant files (fcn32s.py, fcn16s.py, fcn8s.py, fcn8s_atonce.py, quickstart.py) import this
+and override a few fields. Every field can be overridden on the command line, e.g.
+`--config.optimizer.learning_rate=1e-12`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_atonce
+    config.width = 1.0  # channel multiplier; 1.0 is the reference network
+    config.compute_dtype = "float32"  # or "bfloat16" on GPU/TPU (parameters stay float32)
+    config.learnable_upsampling = False  # the reference freezes the bilinear kernels (§2.2)
+
+    # How the variables start (§3): "random" | "vgg16" | "pytorch_fcn" | "stage".
+    #  vgg16: an ImageNet VGG16 (torchvision layout) transplanted into the FCN;
+    #  pytorch_fcn: a pytorch-fcn checkpoint of this model (fine-tuning / evaluation);
+    #  stage: a trained coarser FCN (`init.source_model`) from a workdir of ours or a .pth.
+    config.init = ml_collections.ConfigDict()
+    config.init.kind = "stage"
+    config.init.weights = "vgg16_from_caffe"  # fetch_weights key when `path` is None
+    config.init.path = ml_collections.config_dict.placeholder(str)
+    config.init.source_model = "fcn16s"
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "voc_segmentation/sbd"  # train on SBD train (§4.4)
+    config.dataset.eval_name = "voc_segmentation/voc2012"  # ...evaluate on seg11valid
+    config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+    config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "seg11valid"
+    config.dataset.preprocessing = "caffe"  # BGR, 0-255, minus the mean (§4.4)
+    # Static shape for jit: every VOC/SBD image (at most 500x500) fits, top-left, padded with
+    # void. The reference feeds each image at its own size; the padding changes border
+    # activations slightly (§8) but never the loss or the metrics.
+    config.dataset.canvas_size = (512, 512)
+    config.dataset.augment = False  # the reference uses no augmentation (§4.4)
+    config.dataset.min_scale = 0.5
+    config.dataset.max_scale = 2.0
+    config.dataset.random_flip = True
+    config.dataset.random_crop = False
+    config.dataset.shuffle_buffer = 10_000
+
+    config.seed = 1337  # the reference's seed (§4.3)
+    config.batch_size = 1  # global; one image per step (§4.1)
+    config.eval_batch_size = 1
+    config.grad_accum_steps = 1  # micro-batches per step (Caffe's iter_size)
+    config.loss_reduction = "sum"  # summed over valid pixels (§4.2); "mean" normalises
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 1e-14  # FCN-8s staged (§4.1)
+    config.optimizer.momentum = 0.99
+    config.optimizer.weight_decay = 5e-4  # on weights only
+    config.optimizer.bias_lr_multiplier = 2.0  # biases: lr x 2, no decay (§4.1)
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_steps = 0
+
+    config.num_train_steps = 100_000
+    config.log_every_steps = 20
+    config.eval_every_steps = 4000
+    config.checkpoint_every_steps = 4000
+    config.max_checkpoints_to_keep = 2  # the latest N, plus the best by mean IoU
+    config.num_predictions_to_save = 4  # validation images written as PNG at each eval
+    config.distributed = False  # call jax.distributed.initialize() (multi-host TPU pods)
+    return config

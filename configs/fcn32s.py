@@ -1,0 +1,18 @@
+"""FCN-32s from the Caffe VGG16 (§3.1, §4.1): lr 1e-10, 100k steps.
+
+    python main.py --config=configs/fcn32s.py --workdir=WORKDIR
+
+Data: SBD train for training, VOC2012 seg11valid for evaluation (README: Data). Expected
+seg11valid mean IoU of the reference: 63.6% (FCN_REFERENCE.md §5.3), evaluated every 4000 steps.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "fcn32s"
+    config.init.kind = "vgg16"
+    config.optimizer.learning_rate = 1e-10
+    config.num_train_steps = 100_000
+    return config

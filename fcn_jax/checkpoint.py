@@ -1,0 +1,125 @@
+"""Orbax checkpoints: the latest N train states for resuming, and the best model by mean IoU.
+
+WORKDIR/checkpoints/<step>  full TrainState (asynchronous saves, the last N kept);
+WORKDIR/best/<step>         model variables of the best evaluation so far.
+A save interrupted by SIGKILL leaves a `*.orbax-checkpoint-tmp` folder that the manager
+ignores (and removes when it next opens), so a restart resumes from the last complete step.
+"""
+
+import contextlib
+import math
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class Checkpoints:
+    """The two checkpoint managers of a workdir."""
+
+    def __init__(self, workdir: str, max_to_keep: int):
+        root = epath.Path(workdir)
+        self.latest = ocp.CheckpointManager(
+            root / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, cleanup_tmp_directories=True, create=True
+            ),
+        )
+        self.best = ocp.CheckpointManager(
+            root / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                best_fn=lambda m: m["mean_iou"],
+                best_mode="max",
+                cleanup_tmp_directories=True,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the latest complete train-state checkpoint, if any."""
+        return self.latest.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves the train state asynchronously (once per step)."""
+        if self.latest.latest_step() != step:
+            self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def save_best(self, step: int, variables: Any, mean_iou: float) -> None:
+        """Keeps `variables` if `mean_iou` is the best so far."""
+        score = mean_iou if math.isfinite(mean_iou) else -1.0
+        self.best.save(
+            step, args=ocp.args.StandardSave(variables), metrics={"mean_iou": score}, force=True
+        )
+
+    def restore_latest(self, abstract_state: Any, sharding: jax.sharding.Sharding) -> Any:
+        """Restores the latest train state onto `sharding` (shapes from `abstract_state`)."""
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_state
+        )
+        return self.latest.restore(self.latest_step(), args=ocp.args.StandardRestore(target))
+
+    def wait(self) -> None:
+        """Blocks until asynchronous saves are on disk."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the managers."""
+        self.latest.close()
+        self.best.close()
+
+
+def restore_variables(workdir: str) -> dict:
+    """Model variables from a workdir: the best evaluated model, else the latest train state.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+    """
+    root = epath.Path(workdir)
+    for sub in ("best", "checkpoints"):
+        if not (root / sub).exists():
+            continue
+        manager = ocp.CheckpointManager(root / sub)
+        step = manager.best_step() if sub == "best" else manager.latest_step()
+        step = step if step is not None else manager.latest_step()
+        if step is None:
+            continue
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+        manager.close()
+        if sub == "best":
+            return restored
+        return {"params": restored["params"], **restored["frozen"]}
+    raise FileNotFoundError(
+        f"no checkpoint in {workdir} (looked in best/ and checkpoints/); train there first "
+        "or give a weights file"
+    )
+
+
+class SigtermFlag:
+    """Set when SIGTERM arrives; the train loop checks it between steps."""
+
+    received = False
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[SigtermFlag]:
+    """Catches SIGTERM (a preempted VM) for the duration; restores the old handler after.
+
+    The handler only sets a flag: saving from inside a signal handler could catch the train
+    state between a donated step input and its output.
+    """
+    flag = SigtermFlag()
+
+    def handler(signum, frame):
+        del signum, frame
+        flag.received = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)

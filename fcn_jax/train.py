@@ -1,0 +1,504 @@
+"""Training and evaluation: a data-parallel jitted train step over a device mesh.
+
+Parameters and optimiser state are replicated over a one-axis `Mesh` ('data'); batches are
+sharded along it; the step is written as single-device code and `jax.jit` inserts the
+reductions. Global batches are assembled from each process's share with
+`jax.make_array_from_process_local_data`, so the same code runs on one CPU, a GPU, a TPU
+pod slice, or several hosts.
+
+Entry points: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint(...)`.
+"""
+
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fcn_jax import checkpoint, input_pipeline, losses, metrics, models, optim, visualize, weights
+
+DATA_AXIS = "data"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position (which is `step`)."""
+
+    step: jax.Array
+    params: Any
+    frozen: Any  # variables the optimiser never sees (the bilinear upsampling kernels)
+    opt_state: Any
+    rng: jax.Array
+
+    def variables(self) -> dict:
+        """The model's variables for `apply`."""
+        return {"params": self.params, **self.frozen}
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every config field before anything compiles; ValueError names the field."""
+    if config.model not in models.MODELS:
+        raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
+    if config.compute_dtype not in DTYPES:
+        raise ValueError(
+            f"config.compute_dtype={config.compute_dtype!r}: use one of {list(DTYPES)}"
+        )
+    if config.init.kind not in ("random", "vgg16", "pytorch_fcn", "stage"):
+        raise ValueError(f"config.init.kind={config.init.kind!r} is unknown")
+    if config.loss_reduction not in losses.REDUCTIONS:
+        raise ValueError(
+            f"config.loss_reduction={config.loss_reduction!r}: use {losses.REDUCTIONS}"
+        )
+    local_batch = config.batch_size // jax.process_count()
+    if config.grad_accum_steps < 1 or local_batch % config.grad_accum_steps:
+        raise ValueError(
+            f"config.grad_accum_steps={config.grad_accum_steps} must divide the per-process "
+            f"batch ({local_batch})"
+        )
+    for field in (
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    ):
+        if config[field] < 1:
+            raise ValueError(f"config.{field}={config[field]} must be >= 1")
+    optim.validate_config(config)
+    input_pipeline.validate_config(config)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FCN:
+    """The FCN of `config.model` with the config's width, dtype and upsampling option."""
+    return models.get_model(
+        config.model,
+        num_classes,
+        width=config.width,
+        dtype=DTYPES[config.compute_dtype],
+        learnable_upsampling=config.learnable_upsampling,
+    )
+
+
+# ---------------------------------------------------------------------------- state
+
+
+def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array) -> dict:
+    """The variables training starts from, as `config.init` says (§3)."""
+    init = config.init
+    options = dict(learnable_upsampling=config.learnable_upsampling)
+    if init.kind == "random":
+        return models.init_variables(model, rng)
+    path = init.path
+    if init.kind == "vgg16":
+        path = path or weights.fetch_weights(init.weights)
+        return weights.load_vgg16(
+            path, config.model, model.num_classes, width=config.width, **options
+        )
+    if init.kind == "pytorch_fcn":
+        path = path or weights.fetch_weights(init.weights)
+        return weights.load_pytorch_fcn(path, config.model, width=config.width, **options)
+    # "stage": a trained coarser FCN, from one of our workdirs or a pytorch-fcn file (§3.1).
+    if path is None:
+        raise ValueError("config.init.kind='stage' needs config.init.path (a workdir or .pth)")
+    source = load_variables(path, init.source_model, config, model.num_classes)
+    return weights.stage_variables(source, models.init_variables(model, rng))
+
+
+def load_variables(
+    path: str, model_name: str, config: ml_collections.ConfigDict, num_classes: int
+) -> dict:
+    """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
+    if str(path).endswith((".pth", ".pt", ".tar")):
+        return weights.load_pytorch_fcn(
+            path, model_name, width=config.width, learnable_upsampling=config.learnable_upsampling
+        )
+    return checkpoint.restore_variables(path)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, variables: dict, rng: jax.Array
+) -> tuple[TrainState, optax.GradientTransformation]:
+    """The initial train state and the optimiser for `variables`."""
+    params = variables["params"]
+    frozen = {k: v for k, v in variables.items() if k != "params"}
+    tx = optim.create_optimizer(config, params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        rng=rng,
+    )
+    return state, tx
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def loss_fn(
+    params: Any,
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: models.FCN,
+    reduction: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Loss of one (micro-)batch and its number of valid pixels."""
+    logits = model.apply(
+        {"params": params, **state.frozen}, batch["image"], train=True, rngs={"dropout": rng}
+    )
+    return losses.pixel_cross_entropy(logits, batch["label"], reduction=reduction)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: models.FCN,
+    tx: optax.GradientTransformation,
+    reduction: str,
+    grad_accum_steps: int,
+) -> tuple[TrainState, dict]:
+    """One optimiser update from a batch, accumulated over `grad_accum_steps` micro-batches."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(
+        functools.partial(loss_fn, model=model, reduction=reduction), has_aux=True
+    )
+    if grad_accum_steps == 1:
+        (loss, valid), grads = grad_fn(state.params, state, batch, rng)
+    else:
+        # Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
+        micro = jax.tree.map(
+            lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
+        )
+
+        def accumulate(carry, inputs):
+            index, micro_batch = inputs
+            (loss, valid), grads = grad_fn(
+                state.params, state, micro_batch, jax.random.fold_in(rng, index)
+            )
+            return jax.tree.map(jnp.add, carry, (loss, valid, grads)), None
+
+        zeros = (
+            jnp.zeros(()),
+            jnp.zeros((), jnp.int32),
+            jax.tree.map(jnp.zeros_like, state.params),
+        )
+        (loss, valid, grads), _ = jax.lax.scan(
+            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
+        )
+        loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+    )
+    return new_state, {"loss": loss, "valid_pixels": valid}
+
+
+def eval_step(variables: dict, batch: dict, *, model: models.FCN) -> tuple[Any, jax.Array]:
+    """The confusion matrix of one batch (padding examples excluded) and the predictions."""
+    logits = model.apply(variables, batch["image"], train=False)
+    metric = metrics.ConfusionMatrix.from_model_output(
+        logits=logits, labels=batch["label"], example_mask=batch["mask"]
+    )
+    return metric, jnp.argmax(logits, -1).astype(jnp.uint8)
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+def make_mesh() -> Mesh:
+    """A one-axis mesh over every device of every process."""
+    return Mesh(np.array(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of values every device holds whole (parameters, optimiser state)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of batches: split along the leading (example) axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles the global batch from this process's share."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    model: models.FCN,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The train step jitted over `mesh`: state replicated and donated, batch sharded."""
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        reduction=config.loss_reduction,
+        grad_accum_steps=config.grad_accum_steps,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(model: models.FCN, mesh: Mesh) -> Callable:
+    """The eval step jitted over `mesh`."""
+    return jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), batch_sharding(mesh)),
+    )
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    variables: dict,
+    eval_step_fn: Callable,
+    batches: Iterator[dict],
+    mesh: Mesh,
+    *,
+    num_batches: int,
+    keep_predictions: int = 0,
+) -> tuple[dict, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Runs one pass; the confusion matrix is summed on the device and pulled once.
+
+    Returns:
+      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (image, label,
+      prediction) triples of this process for visualisation).
+    """
+    total, kept = None, []
+    report_every = max(1, num_batches // 10)
+    for index, local in enumerate(batches, start=1):
+        metric, predictions = eval_step_fn(variables, global_batch(mesh, local))
+        total = metric if total is None else total.merge(metric)
+        if len(kept) < keep_predictions:
+            local_predictions = _local_rows(predictions)
+            for i in np.flatnonzero(local["mask"])[: keep_predictions - len(kept)]:
+                kept.append((local["image"][i], local["label"][i], local_predictions[i]))
+        if index % report_every == 0 or index == num_batches:
+            logging.info("evaluation: batch %d/%d", index, num_batches)
+    return total.compute(), kept
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in order."""
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def log_scores(step: int, split: str, scores: dict, class_names: list[str], workdir: str) -> None:
+    """Logs a per-class IoU table and appends a JSON line to WORKDIR/eval_results.jsonl."""
+    rows = [
+        f"{name:>14s} {iou:7.2%}"
+        for name, iou in zip(class_names, scores["per_class_iou"], strict=True)
+    ]
+    logging.info(
+        "step %d, %s: mean IoU %.4f, pixel acc %.4f, mean acc %.4f, fw IoU %.4f\n%s",
+        step, split, scores["mean_iou"], scores["pixel_accuracy"], scores["mean_accuracy"],
+        scores["fw_iou"], "\n".join(rows),
+    )  # fmt: skip
+    if jax.process_index() == 0:
+        record = {"step": int(step), "split": split, **scores}
+        with (epath.Path(workdir) / "eval_results.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class _Trainer:
+    """The pieces of one training run, built once; `run` is the loop."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        validate_config(config)
+        self.config, self.workdir = config, workdir
+        self.mesh = make_mesh()
+        self.class_names = input_pipeline.class_names(config)
+        self.model = create_model(config, len(self.class_names))
+        self.writer = metric_writers.create_default_writer(
+            workdir, just_logging=jax.process_index() > 0
+        )
+        self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
+        self.state, self.tx = self._initial_state()
+        self.train_step = jit_train_step(config, self.model, self.tx, self.mesh)
+        self.eval_step = jit_eval_step(self.model, self.mesh)
+        self.lr = optim.learning_rate_schedule(config)
+
+    def _initial_state(self) -> tuple[TrainState, optax.GradientTransformation]:
+        # A raw uint32 key (not a typed key array) so orbax can save it with the state.
+        rng, init_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        if self.checkpoints.latest_step() is not None:
+            # Shapes only: the checkpoint holds the values.
+            abstract = jax.eval_shape(
+                lambda: create_train_state(
+                    self.config, models.init_variables(self.model, init_rng), rng
+                )[0]
+            )
+            state = self.checkpoints.restore_latest(abstract, replicated(self.mesh))
+            logging.info("resumed from step %d", int(state.step))
+            return state, optim.create_optimizer(self.config, state.params)
+        variables = initial_variables(self.config, self.model, init_rng)
+        parameter_overview.log_parameter_overview(variables["params"])
+        state, tx = create_train_state(self.config, variables, rng)
+        return jax.device_put(state, replicated(self.mesh)), tx
+
+    def evaluate(self, step: int) -> dict:
+        config = self.config
+        split = config.dataset.eval_split
+        name = config.dataset.get("eval_name") or config.dataset.name
+        per_batch = config.eval_batch_size
+        num_batches = -(-input_pipeline.num_examples(config, split, name) // per_batch)
+        scores, kept = evaluate(
+            self.state.variables(),
+            self.eval_step,
+            input_pipeline.create_eval_iterator(config),
+            self.mesh,
+            num_batches=num_batches,
+            keep_predictions=config.num_predictions_to_save,
+        )
+        log_scores(step, split, scores, self.class_names, self.workdir)
+        self.writer.write_scalars(
+            step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
+        )
+        if kept and jax.process_index() == 0:
+            panels = visualize.prediction_panels(kept, config.dataset.preprocessing)
+            self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
+            visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
+        return scores
+
+    def run(self) -> dict:
+        config = self.config
+        start = int(self.state.step)
+        batches = input_pipeline.create_train_iterator(config, start_step=start)
+        report = periodic_actions.ReportProgress(
+            num_train_steps=config.num_train_steps, writer=self.writer
+        )
+        scores, window_start = {}, time.perf_counter()
+        with checkpoint.sigterm_flag() as sigterm:
+            for step in range(start + 1, config.num_train_steps + 1):
+                if sigterm.received:
+                    self._save()
+                    self.checkpoints.wait()
+                    logging.warning("SIGTERM: saved step %d, exiting", step - 1)
+                    raise SystemExit(128 + signal.SIGTERM)
+                self.state, out = self.train_step(
+                    self.state, global_batch(self.mesh, next(batches))
+                )
+                loss = float(out["loss"])
+                if not np.isfinite(loss):
+                    # Stop before anything is saved: the last good checkpoint stays the latest.
+                    raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
+                report(step)
+                if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                    elapsed, window_start = time.perf_counter() - window_start, time.perf_counter()
+                    self._log_train(step, loss, elapsed)
+                if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                    scores = self.evaluate(step)
+                    self.checkpoints.save_best(step, self.state.variables(), scores["mean_iou"])
+                if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+                    self._save()
+        self.checkpoints.wait()
+        return scores
+
+    def _save(self) -> None:
+        self.checkpoints.save(int(self.state.step), self.state)
+
+    def _log_train(self, step: int, loss: float, elapsed: float) -> None:
+        steps = self.config.log_every_steps
+        images_per_s = steps * self.config.batch_size / max(elapsed, 1e-9)
+        self.writer.write_scalars(
+            step,
+            {"train/loss": loss, "train/learning_rate": float(self.lr(step)),
+             "train/images_per_second": images_per_s},
+        )  # fmt: skip
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from WORKDIR's latest checkpoint if any), evaluating periodically.
+
+    Returns:
+      The scores of the last evaluation (see `fcn_jax.metrics.scores`).
+    """
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    return _Trainer(config, workdir).run()
+
+
+# ---------------------------------------------------------------------------- eval / predict
+
+
+def _trained_variables(
+    config: ml_collections.ConfigDict, workdir: str, weights_path: str | None
+) -> tuple[models.FCN, dict]:
+    """The model and its trained variables: a pytorch-fcn file, else WORKDIR's checkpoint."""
+    validate_config(config)
+    model = create_model(config, input_pipeline.num_classes(config))
+    path = weights_path or workdir
+    return model, load_variables(path, config.model, config, model.num_classes)
+
+
+def evaluate_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    weights_path: str | None = None,
+    split: str | None = None,
+) -> dict:
+    """Evaluates trained variables on `split` (default the config's eval split).
+
+    Appends the scores to WORKDIR/eval_results.jsonl (step -1 for imported weights).
+    """
+    model, variables = _trained_variables(config, workdir, weights_path)
+    mesh = make_mesh()
+    split = split or config.dataset.eval_split
+    name = config.dataset.get("eval_name") or config.dataset.name
+    num_batches = -(-input_pipeline.num_examples(config, split, name) // config.eval_batch_size)
+    scores, _ = evaluate(
+        jax.device_put(variables, replicated(mesh)),
+        jit_eval_step(model, mesh),
+        input_pipeline.create_eval_iterator(config, split),
+        mesh,
+        num_batches=num_batches,
+    )
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    log_scores(-1, split, scores, input_pipeline.class_names(config), workdir)
+    return scores
+
+
+def predict(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    weights_path: str | None,
+    inputs: list[str],
+    output_dir: str,
+) -> list:
+    """Segments image files with trained variables; see `fcn_jax.predict.predict_files`."""
+    from fcn_jax import predict as predict_lib
+
+    model, variables = _trained_variables(config, workdir, weights_path)
+    return predict_lib.predict_files(config, model, variables, inputs, output_dir)

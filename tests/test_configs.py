@@ -1,0 +1,39 @@
+import importlib
+import pathlib
+
+import jax
+import pytest
+
+from fcn_jax import train
+
+CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py") if p.stem != "__init__")
+
+
+def test_every_config_file_is_listed():
+    assert {"default", "quickstart", "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_and_validates(name, synthetic_data_dir):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    # The reference batch is 1 image; the test machine simulates 4 devices.
+    config.batch_size = config.eval_batch_size = jax.device_count()
+    config.dataset.data_dir = synthetic_data_dir
+    train.validate_config(config)
+    assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+
+
+@pytest.mark.parametrize(
+    "name, lr, init",
+    [("fcn32s", 1e-10, "vgg16"), ("fcn16s", 1e-12, "stage"), ("fcn8s", 1e-14, "stage"),
+     ("fcn8s_atonce", 1e-10, "vgg16")],
+)  # fmt: skip
+def test_reference_recipes(name, lr, init):
+    # FCN_REFERENCE.md §4.1.
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model == name and config.init.kind == init
+    assert config.optimizer.learning_rate == lr and config.optimizer.momentum == 0.99
+    assert config.optimizer.weight_decay == 5e-4 and config.optimizer.bias_lr_multiplier == 2
+    assert config.loss_reduction == "sum" and not config.learnable_upsampling
+    assert config.dataset.name == "voc_segmentation/sbd"
+    assert config.dataset.eval_split == "seg11valid"

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fcn_jax import input_pipeline
+from tests.helpers import tiny_config
+
+
+def test_train_batches_shapes_padding_and_values(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir, **{"dataset.augment": False})
+    batch = next(input_pipeline.create_train_iterator(config))
+    assert batch["image"].shape == (4, 96, 96, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4, 96, 96) and batch["label"].dtype == np.int32
+    assert set(np.unique(batch["label"])) <= {0, 1, 2, 3, 4, 255}
+    # Images are at most 96 px: with no augmentation, the canvas padding is void / zero.
+    for image, label in zip(batch["image"], batch["label"], strict=True):
+        rows = np.flatnonzero((label != 255).any(axis=1))
+        pad_rows = slice(rows.max() + 2, None)
+        assert np.all(image[pad_rows] == 0) and np.all(label[pad_rows] == 255)
+
+
+def test_train_order_is_deterministic_and_resumable(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir)
+    first = input_pipeline.create_train_iterator(config)
+    batches = [next(first) for _ in range(6)]
+    again = next(input_pipeline.create_train_iterator(config))
+    np.testing.assert_array_equal(again["image"], batches[0]["image"])
+    resumed = input_pipeline.create_train_iterator(config, start_step=4)
+    for want in batches[4:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    other_seed = next(input_pipeline.create_train_iterator(tiny_config(synthetic_data_dir, seed=5)))
+    assert not np.array_equal(other_seed["image"], batches[0]["image"])
+
+
+def test_eval_covers_every_example_once_with_padded_last_batch(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir, eval_batch_size=12)  # 160 = 13 * 12 + 4
+    batches = list(input_pipeline.create_eval_iterator(config))
+    assert len(batches) == 14
+    assert sum(int(b["mask"].sum()) for b in batches) == 160
+    last = batches[-1]
+    assert last["mask"].tolist() == [True] * 4 + [False] * 8
+    assert np.all(last["label"][4:] == 255) and np.all(last["image"][4:] == 0)
+    assert input_pipeline.num_examples(config, "validation") == 160
+    assert input_pipeline.num_classes(config) == 5
+
+
+def test_image_larger_than_canvas_is_an_error_unless_cropping(synthetic_data_dir):
+    config = tiny_config(
+        synthetic_data_dir,
+        **{"dataset.canvas_size": (64, 64), "dataset.augment": False, "dataset.random_crop": False},
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="canvas_size"):
+        next(input_pipeline.create_train_iterator(config))
+    config.dataset.random_crop = True
+    assert next(input_pipeline.create_train_iterator(config))["image"].shape == (4, 64, 64, 3)
+
+
+def test_preprocessing_maths():
+    pixel = np.array([[[10, 20, 30]]], np.uint8)
+    caffe = input_pipeline.normalize_image(pixel, "caffe").numpy()[0, 0]
+    np.testing.assert_allclose(caffe, [30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434])
+    tv = input_pipeline.normalize_image(pixel, "torchvision").numpy()[0, 0]
+    np.testing.assert_allclose(
+        tv,
+        (np.array([10, 20, 30]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+        rtol=1e-6,
+    )
+    for mode in ("caffe", "torchvision"):
+        restored = input_pipeline.denormalize_image(
+            input_pipeline.normalize_image(pixel, mode).numpy(), mode
+        )
+        np.testing.assert_array_equal(restored, pixel)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"dataset.preprocessing": "bgr"}, "preprocessing"),
+        ({"dataset.canvas_size": (0, 64)}, "canvas_size"),
+        ({"batch_size": 6}, "batch_size"),  # 4 simulated devices
+        ({"dataset.min_scale": 2.0}, "min_scale"),
+    ],
+)
+def test_bad_data_config_names_the_field(synthetic_data_dir, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        input_pipeline.validate_config(tiny_config(synthetic_data_dir, **overrides))
