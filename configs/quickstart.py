@@ -41,7 +41,7 @@ def get_config():
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 50
 
-    config.num_train_steps = 1500
+    config.num_train_steps = 1000
     config.log_every_steps = 50
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 250

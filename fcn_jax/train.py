@@ -394,37 +394,50 @@ class _Trainer:
         return scores
 
     def run(self) -> dict:
+        """Trains to `config.num_train_steps`; returns the last evaluation's scores."""
         config = self.config
         start = int(self.state.step)
         batches = input_pipeline.create_train_iterator(config, start_step=start)
         report = periodic_actions.ReportProgress(
             num_train_steps=config.num_train_steps, writer=self.writer
         )
-        scores, window_start = {}, time.perf_counter()
-        with checkpoint.sigterm_flag() as sigterm:
-            for step in range(start + 1, config.num_train_steps + 1):
-                if sigterm.received:
-                    self._save()
-                    self.checkpoints.wait()
-                    logging.warning("SIGTERM: saved step %d, exiting", step - 1)
-                    raise SystemExit(128 + signal.SIGTERM)
-                self.state, out = self.train_step(
-                    self.state, global_batch(self.mesh, next(batches))
-                )
-                loss = float(out["loss"])
-                if not np.isfinite(loss):
-                    # Stop before anything is saved: the last good checkpoint stays the latest.
-                    raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
-                report(step)
-                if step % config.log_every_steps == 0 or step == config.num_train_steps:
-                    elapsed, window_start = time.perf_counter() - window_start, time.perf_counter()
-                    self._log_train(step, loss, elapsed)
-                if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-                    scores = self.evaluate(step)
-                    self.checkpoints.save_best(step, self.state.variables(), scores["mean_iou"])
-                if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-                    self._save()
-        self.checkpoints.wait()
+        scores, self._window_start = {}, time.perf_counter()
+        try:
+            with checkpoint.sigterm_flag() as sigterm:
+                for step in range(start + 1, config.num_train_steps + 1):
+                    if sigterm.received:
+                        self._save()
+                        logging.warning("SIGTERM: saved step %d, exiting", step - 1)
+                        raise SystemExit(128 + signal.SIGTERM)
+                    loss = self._step(step, next(batches))
+                    report(step)
+                    scores = self._periodic(step, loss) or scores
+        finally:
+            # Pending asynchronous saves of good states finish even when a NaN stops the run.
+            self.checkpoints.wait()
+        return scores
+
+    def _step(self, step: int, local_batch: dict) -> float:
+        self.state, out = self.train_step(self.state, global_batch(self.mesh, local_batch))
+        loss = float(out["loss"])
+        if not np.isfinite(loss):
+            # Raised before this state is saved: the last good checkpoint stays the latest.
+            raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
+        return loss
+
+    def _periodic(self, step: int, loss: float) -> dict | None:
+        """Logging, evaluation and checkpointing when their intervals come round."""
+        config, last = self.config, step == self.config.num_train_steps
+        scores = None
+        if step % config.log_every_steps == 0 or last:
+            now = time.perf_counter()
+            self._log_train(step, loss, now - self._window_start)
+            self._window_start = now
+        if step % config.eval_every_steps == 0 or last:
+            scores = self.evaluate(step)
+            self.checkpoints.save_best(step, self.state.variables(), scores["mean_iou"])
+        if step % config.checkpoint_every_steps == 0 or last:
+            self._save()
         return scores
 
     def _save(self) -> None:

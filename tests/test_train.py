@@ -54,7 +54,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(
 def test_sharded_step_equals_single_device_step(synthetic_data_dir):
     config = tiny_config(synthetic_data_dir)
     model = train.create_model(config, 5)
-    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    # Host copies: each run's donated device state must not alias the other's inputs.
+    variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
     batch = next(input_pipeline.create_train_iterator(config))
     results = []
     for devices in (jax.devices(), jax.devices()[:1]):
