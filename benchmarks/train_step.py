@@ -62,44 +62,35 @@ def _jax_variables(model):
 
 
 def _jax_runner(args: argparse.Namespace):
+    """The library's own jitted train step (or eval step) on the reference recipe's config."""
     import jax
-    import jax.numpy as jnp
-    import optax
+    import numpy as np
 
-    from fcn_jax import models
+    from configs import default
+    from fcn_jax import train
 
-    model = models.get_model(args.model)
+    config = default.get_config()
+    config.model, config.batch_size = args.model, args.batch
+    model = train.create_model(config, 21)
+    mesh = train.make_mesh()
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(args.batch, args.height, args.width, 3)).astype(np.float32),
+        "label": rng.integers(0, 21, size=(args.batch, args.height, args.width), dtype=np.int32),
+        "mask": np.ones(args.batch, bool),
+    }
     variables = _jax_variables(model)
-    images = jax.random.normal(jax.random.key(1), (args.batch, args.height, args.width, 3))
-    labels = jax.random.randint(jax.random.key(2), images.shape[:3], 0, 21)
     if args.mode == "forward":
-        forward = jax.jit(model.apply).lower(variables, images).compile()
-        return lambda: forward(variables, images).block_until_ready()
-
-    params, frozen = variables["params"], variables[models.UPSAMPLING_COLLECTION]
-    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(1e-10, momentum=0.99))
-    state = [params, tx.init(params)]
-
-    def loss_fn(p, rng):
-        logits = model.apply(
-            {"params": p, models.UPSAMPLING_COLLECTION: frozen},
-            images,
-            train=True,
-            rngs={"dropout": rng},
-        )
-        log_probs = jax.nn.log_softmax(logits)
-        return -jnp.sum(jnp.take_along_axis(log_probs, labels[..., None], -1))
-
-    def step(p, opt_state, rng):
-        loss, grads = jax.value_and_grad(loss_fn)(p, rng)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
-
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, jax.random.key(0)).compile()
+        step = train.jit_eval_step(model, mesh)
+        variables = jax.device_put(variables, train.replicated(mesh))
+        return lambda: jax.block_until_ready(step(variables, train.global_batch(mesh, batch)))
+    state, tx = train.create_train_state(config, variables, jax.random.PRNGKey(0))
+    holder = [jax.device_put(state, train.replicated(mesh))]
+    step = train.jit_train_step(config, model, tx, mesh)
 
     def run():
-        state[0], state[1], loss = compiled(*state, jax.random.key(0))
-        loss.block_until_ready()
+        holder[0], out = step(holder[0], train.global_batch(mesh, batch))
+        jax.block_until_ready(out)
 
     return run
 
@@ -237,7 +228,12 @@ def _report(args: argparse.Namespace, workers: list[_Worker]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fcn8s", choices=["fcn32s", "fcn16s", "fcn8s"])
-    parser.add_argument("--mode", default="train", choices=["train", "forward"])
+    parser.add_argument(
+        "--mode",
+        default="train",
+        choices=["train", "forward"],
+        help="forward: the eval step (forward + argmax + confusion matrix)",
+    )
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--batch", type=int, default=1)
