@@ -1,18 +1,18 @@
 """Segmentation datasets as TFDS builders; importing this package registers them.
 
 * `synthetic_shapes`: offline, generated from a seed (the quickstart's dataset).
+* `voc_segmentation`: PASCAL VOC 2012 / SBD (configs `voc2012`, `sbd`, `aug`).
 """
 
 import numpy as np
 
-from fcn_jax.datasets import synthetic_shapes  # noqa: F401  (registers the builder)
+# Importing the builder modules registers them with TFDS.
+from fcn_jax.datasets import synthetic_shapes, voc_segmentation
+
+__all__ = ["VOC_CLASSES", "synthetic_shapes", "voc_palette", "voc_segmentation"]
 
 # PASCAL VOC class order (FCN_REFERENCE.md §4.4, data/pascal/classes.txt).
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+VOC_CLASSES = voc_segmentation.CLASS_NAMES
 
 
 def voc_palette() -> np.ndarray:
