@@ -1,6 +1,11 @@
 import json
+import os
 import pathlib
+import signal
+import threading
+import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -104,3 +109,57 @@ def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
         train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
     with pytest.raises(ValueError, match="grad_accum_steps"):
         train.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
+
+
+class _TinyNet(nn.Module):
+    """No dropout, so micro-batched and whole-batch gradients must agree exactly."""
+
+    @nn.compact
+    def __call__(self, images, train=False):
+        del train
+        return nn.Conv(3, (3, 3))(images)
+
+
+def test_gradient_accumulation_equals_one_big_batch(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir, loss_reduction="sum")
+    model = _TinyNet()
+    variables = jax.device_get(model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3))))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+        "label": rng.integers(0, 3, size=(4, 8, 8)).astype(np.int32),
+    }
+    results = []
+    for accum in (1, 2, 4):
+        state, tx = train.create_train_state(config, variables, jax.random.PRNGKey(1))
+        step = jax.jit(
+            lambda s, b, tx=tx, accum=accum: train.train_step(
+                s, b, model=model, tx=tx, reduction="sum", grad_accum_steps=accum
+            )
+        )
+        state, out = step(state, batch)
+        results.append((jax.device_get(state.params), float(out["loss"])))
+    for params, loss in results[1:]:
+        np.testing.assert_allclose(loss, results[0][1], rtol=1e-5)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), params, results[0][0]
+        )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
+    config = tiny_config(synthetic_data_dir, num_train_steps=1000, checkpoint_every_steps=1000)
+
+    default = signal.getsignal(signal.SIGTERM)
+
+    def send_sigterm_once_training():
+        while signal.getsignal(signal.SIGTERM) is default:  # the train loop's handler is in
+            time.sleep(0.05)
+        time.sleep(2.0)  # let a few steps run
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_sigterm_once_training, daemon=True).start()
+    with pytest.raises(SystemExit) as exit_info:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    step, _ = _params(tmp_path)
+    assert 1 <= step < 1000  # saved where it stopped, not at a scheduled interval
