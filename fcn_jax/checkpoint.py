@@ -28,16 +28,7 @@ class Checkpoints:
                 max_to_keep=max_to_keep, cleanup_tmp_directories=True, create=True
             ),
         )
-        self.best = ocp.CheckpointManager(
-            root / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                best_fn=lambda m: m["mean_iou"],
-                best_mode="max",
-                cleanup_tmp_directories=True,
-                create=True,
-            ),
-        )
+        self.best = ocp.CheckpointManager(root / "best", options=_best_options(create=True))
 
     def latest_step(self) -> int | None:
         """The step of the latest complete train-state checkpoint, if any."""
@@ -73,6 +64,17 @@ class Checkpoints:
         self.best.close()
 
 
+def _best_options(create: bool) -> ocp.CheckpointManagerOptions:
+    """Keep one checkpoint: the highest mean IoU."""
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics["mean_iou"],
+        best_mode="max",
+        cleanup_tmp_directories=True,
+        create=create,
+    )
+
+
 def restore_variables(workdir: str) -> dict:
     """Model variables from a workdir: the best evaluated model, else the latest train state.
 
@@ -83,9 +85,12 @@ def restore_variables(workdir: str) -> dict:
     for sub in ("best", "checkpoints"):
         if not (root / sub).exists():
             continue
-        manager = ocp.CheckpointManager(root / sub)
-        step = manager.best_step() if sub == "best" else manager.latest_step()
-        step = step if step is not None else manager.latest_step()
+        if sub == "best":
+            manager = ocp.CheckpointManager(root / sub, options=_best_options(create=False))
+            step = manager.best_step()
+        else:
+            manager = ocp.CheckpointManager(root / sub)
+            step = manager.latest_step()
         if step is None:
             continue
         restored = manager.restore(step, args=ocp.args.StandardRestore())
