@@ -24,8 +24,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
+from fcn_jax.losses import VOID
 
-VOID = 255
 # Per-channel mean of the reference's Caffe VGG16, BGR order, 0-255 scale (§4.4).
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
 # torchvision's ImageNet statistics, RGB order, 0-1 scale (§6.4).

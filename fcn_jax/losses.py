@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-VOID = 255
+VOID = 255  # the void / ignore label of VOC masks and canvas padding (§4.2, §5.1)
 REDUCTIONS = ("sum", "mean")
 
 

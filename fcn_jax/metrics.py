@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VOID = 255
+from fcn_jax.losses import VOID
 
 
 def confusion_matrix(

@@ -6,8 +6,7 @@ from PIL import Image
 
 from fcn_jax import input_pipeline
 from fcn_jax.datasets import voc_palette
-
-VOID = 255
+from fcn_jax.losses import VOID
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
