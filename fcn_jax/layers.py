@@ -112,11 +112,13 @@ def _matmul_grads_bwd(padding, residuals, grad):
     # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
     patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
     dkernel = jnp.einsum("nhwti,nhwo->tio", patches, grad).reshape(kernel.shape)
-    # Input gradient: output_grad @ kernel^T gives every tap's contribution, summed back into
-    # place (col2im). XLA drops this branch when nobody asks for it (conv1_1's input).
-    cols = jnp.einsum("nhwo,tio->nhwti", grad, kernel.reshape(kh * kw, c_in, c_out))
+    # Input gradient: kernel @ output_grad^T gives every tap's contribution, summed back into
+    # place (col2im). Written with the kernel first, XLA reads it in its stored layout; the
+    # other way round it transposes fc6's 411 MB kernel every step. XLA drops this branch
+    # when nobody asks for it (conv1_1's input).
+    cols = jnp.einsum("tio,nhwo->tinhw", kernel.reshape(kh * kw, c_in, c_out), grad)
     dpadded = sum(
-        jnp.pad(cols[:, :, :, t], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+        jnp.pad(cols[t].transpose(1, 2, 3, 0), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
         for t, (i, j) in enumerate(taps)
     )
     (top, _), (left, _) = padding
@@ -143,9 +145,9 @@ def conv_with_matmul_grads(
     The forward pass is XLA's convolution. The backward pass is written as matrix products
     because XLA's CPU gradient convolutions are slow in two FCN layers: conv1_1's kernel
     gradient (3 input channels over a 573x698 map: a few GFLOP/s, here one tall matmul,
-    about 7x faster) and fc6's (a 7x7 kernel over a 12x16 map: XLA transposes the 400 MB
-    kernel every step; here both gradients take 40% less time). Elsewhere XLA's own
-    gradients are faster, so only those two layers use this. Only the plain case nn.Conv uses
+    about 7x faster), fc6's and fc7's (large kernels over a small map: XLA transposes the
+    kernel every step, 411 MB for fc6; here neither kernel is copied). Elsewhere XLA's own
+    gradients are faster, so only those layers use this. Only the plain case nn.Conv uses
     here is supported (NHWC, stride 1, no dilation, no groups).
     """
     del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and default precision.

@@ -154,7 +154,13 @@ class FCN(nn.Module):
             name="fc6",
         )(x)
         x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
-        x = conv(self._channels(FC_CHANNELS), (1, 1), padding="VALID", name="fc7")(x)
+        x = conv(
+            self._channels(FC_CHANNELS),
+            (1, 1),
+            padding="VALID",
+            conv_general_dilated=conv_with_matmul_grads,
+            name="fc7",
+        )(x)
         x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
 

@@ -38,6 +38,7 @@ def test_fused_relu_pool_matches_xla_relu_then_max_pool(shape):
     [
         ((2, 9, 11, 3), (3, 3, 3, 5), ((4, 4), (4, 4))),  # conv1_1-like: padded, 3 channels
         ((1, 10, 12, 6), (7, 7, 6, 4), "VALID"),  # fc6-like: 7x7 VALID
+        ((2, 3, 4, 6), (1, 1, 6, 5), "VALID"),  # fc7-like: 1x1
         ((1, 8, 8, 2), (3, 3, 2, 3), ((1, 2), (0, 1))),  # uneven padding
     ],
 )
