@@ -3,9 +3,11 @@
 * `crop`: Caffe's top-left-anchored `Crop` (FCN_REFERENCE.md §2.1).
 * `relu_max_pool_ceil`: ReLU then ceil-mode 2x2 max pooling (§1, §2.6).
 * `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
+* `SubpixelConvTranspose`: `nn.ConvTranspose` for the FCN upsampling shape (kernel = 2 x
+  stride, VALID), computed as a stride-1 convolution followed by a depth-to-space reshuffle.
 
-The last two have hand-written gradients, equal to the ones JAX derives but faster and
-smaller on XLA's CPU backend; tests/test_layers.py checks them against XLA's own.
+Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
+XLA's CPU backend; tests/test_layers.py checks them against those counterparts.
 """
 
 import functools
@@ -158,3 +160,65 @@ def conv_with_matmul_grads(
     if isinstance(padding, str):  # nn.Conv passes "VALID" / "SAME" through unchanged.
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     return _conv_matmul_grads(lhs, rhs, tuple(tuple(p) for p in padding))
+
+
+class SubpixelConvTranspose(nn.ConvTranspose):
+    """`nn.ConvTranspose` (2-D, VALID, no bias, kernel = 2 x stride) as a sub-pixel convolution.
+
+    Same parameters (one `kernel` of shape (2s, 2s, in, out)) and the same output as
+    `nn.ConvTranspose` with `transpose_kernel=False`, which XLA computes as a convolution over
+    the input dilated by the stride: s^2 - 1 of every s^2 multiplications hit an inserted zero.
+    Here output pixel (s*q + r) only ever sees input pixels q - 1 and q, through kernel taps
+    that depend on the phase r alone, so the layer is one stride-1 2x2 convolution with s^2
+    output channels per class, followed by a reshuffle of those channels into s x s blocks
+    (depth to space). For FCN-8s' upscore8 (s = 8) that is 64x fewer multiplications.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Upsamples NHWC `inputs` by the stride: (N, H, W, C) -> (N, (H+1)s, (W+1)s, features)."""
+        strides, stride = _pair(self.strides), _pair(self.strides)[0]
+        if (
+            _pair(self.kernel_size) != (2 * stride, 2 * stride)
+            or strides != (stride, stride)
+            or self.padding != "VALID"
+            or self.use_bias
+            or self.transpose_kernel
+            or self.kernel_dilation not in (None, 1, (1, 1))
+            or self.mask is not None
+            or inputs.ndim != 4
+        ):
+            raise ValueError(
+                "SubpixelConvTranspose supports 2-D NHWC inputs, kernel_size = 2 x strides, "
+                "padding='VALID', no bias, no mask, no dilation and transpose_kernel=False"
+            )
+        kernel_shape = (2 * stride, 2 * stride, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+        n, height, width, _ = inputs.shape
+        padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        phase_kernel = _phase_kernel(kernel, stride)
+        phases = jax.lax.conv_general_dilated(
+            padded, phase_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        phases = phases.reshape(n, height + 1, width + 1, stride, stride, self.features)
+        out = phases.transpose(0, 1, 3, 2, 4, 5)
+        return out.reshape(n, (height + 1) * stride, (width + 1) * stride, self.features)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (value, value)
+
+
+def _phase_kernel(kernel: jax.Array, stride: int) -> jax.Array:
+    """(2s, 2s, in, out) transposed-conv kernel -> (2, 2, in, s * s * out) phase kernel.
+
+    nn.ConvTranspose (transpose_kernel=False) gives y[s*q + r] = sum over a in {0, 1} of
+    x[q - 1 + a] * kernel[s - 1 - r + s*a] along each spatial axis; tap a of phase r is
+    therefore kernel row s*a + (s - 1 - r): split the kernel rows into (a, s - 1 - r) and
+    reverse the second index to get r.
+    """
+    c_in, c_out = kernel.shape[2:]
+    taps = kernel.reshape(2, stride, 2, stride, c_in, c_out)[:, ::-1, :, ::-1]
+    # (a, r_h, b, r_w, in, out) -> (a, b, in, r_h, r_w, out)
+    return taps.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, stride * stride * c_out)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.layers import conv_with_matmul_grads, crop, relu_max_pool_ceil
+from fcn_jax.layers import SubpixelConvTranspose, conv_with_matmul_grads, crop, relu_max_pool_ceil
 
 # (block, convs per block, output channels) of VGG16 configuration D (§1).
 VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -98,7 +98,7 @@ def _frozen_params(module_cls: type[nn.Module]) -> Callable[..., nn.Module]:
     )
 
 
-_FrozenConvTranspose = _frozen_params(nn.ConvTranspose)
+_FrozenConvTranspose = _frozen_params(SubpixelConvTranspose)
 
 
 class FCN(nn.Module):
@@ -177,7 +177,9 @@ class FCN(nn.Module):
 
     def _upsample(self, factor: int, name: str) -> nn.Module:
         # Deconvolution with k = 2 * stride, no padding, no bias, bilinear init (§2.2, §2.3).
-        cls = nn.ConvTranspose if self.learnable_upsampling else _FrozenConvTranspose
+        # SubpixelConvTranspose computes nn.ConvTranspose's result without the multiplications
+        # by the zeros a stride-s transposed convolution inserts (fcn_jax.layers).
+        cls = SubpixelConvTranspose if self.learnable_upsampling else _FrozenConvTranspose
         return cls(
             self.num_classes,
             (2 * factor, 2 * factor),

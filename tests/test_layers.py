@@ -67,3 +67,49 @@ def test_matmul_grad_conv_rejects_strides():
     x, kernel = jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 2))
     with pytest.raises(ValueError, match="stride 1"):
         layers.conv_with_matmul_grads(x, kernel, (2, 2), "VALID")
+
+
+def _conv_transpose_options(stride: int) -> dict:
+    return dict(
+        features=5,
+        kernel_size=(2 * stride, 2 * stride),
+        strides=(stride, stride),
+        padding="VALID",
+        use_bias=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "stride, shape", [(2, (2, 5, 7, 3)), (8, (1, 6, 4, 4)), (32, (1, 1, 2, 2))]
+)
+def test_subpixel_conv_transpose_equals_flax_conv_transpose(stride, shape):
+    # Flax's default kernel init is random and asymmetric, so a wrong phase or a missing flip
+    # cannot hide behind the symmetry of a bilinear kernel.
+    x = jax.random.normal(jax.random.key(0), shape)
+    options = _conv_transpose_options(stride)
+    variables = nn.ConvTranspose(**options).init(jax.random.key(1), x)
+    subpixel = layers.SubpixelConvTranspose(**options)
+    assert jax.tree.map(jnp.shape, subpixel.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+
+    def reference(v, inputs):
+        return nn.ConvTranspose(**options).apply(v, inputs)
+
+    def custom(v, inputs):
+        return subpixel.apply(v, inputs)
+
+    out = custom(variables, x)
+    np.testing.assert_allclose(out, reference(variables, x), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), out.shape)
+    got, want = jax.vjp(custom, variables, x)[1](g), jax.vjp(reference, variables, x)[1](g)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-4)
+
+
+def test_subpixel_conv_transpose_refuses_other_shapes():
+    x = jnp.zeros((1, 4, 4, 2))
+    for change in ({"use_bias": True}, {"kernel_size": (3, 3)}, {"padding": "SAME"}):
+        layer = layers.SubpixelConvTranspose(**{**_conv_transpose_options(2), **change})
+        with pytest.raises(ValueError, match="kernel_size = 2 x strides"):
+            layer.init(jax.random.key(0), x)
