@@ -4,13 +4,17 @@ The forward count sums every convolution and transposed convolution at the sizes
 FCN_REFERENCE.md §2.5; a train step adds the input gradient of every layer but conv1_1 (its
 input is the image) and the weight gradient of every trained layer, each as costly as the
 forward of that layer.
+
+`framed=False` counts the reference computation (what PyTorch executes); `framed=True` what
+fcn-jax executes: blocks 1-3 on the maps of `fcn_jax.frame`, without most of the constant
+frame.
 """
 
 import math
 
 import numpy as np
 
-from fcn_jax import models
+from fcn_jax import frame, models
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -21,13 +25,38 @@ def _deconv(in_h: int, in_w: int, c: int, k: int) -> int:
     return 2 * in_h * in_w * c * c * k * k
 
 
-def layer_flops(name: str, height: int, width: int, num_classes: int = 21) -> dict[str, int]:
+def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, int]]:
+    """The map size each VGG block's convolutions run on."""
+    full_h, full_w = height + 2 * models.CONV1_1_PADDING - 2, width + 2 * models.CONV1_1_PADDING - 2
+    sizes = {}
+    for block, _, _ in models.VGG16_BLOCKS:
+        sizes[block] = (full_h, full_w)
+        full_h, full_w = math.ceil(full_h / 2), math.ceil(full_w / 2)
+    if framed:
+        plan = frame.FramePlan.for_image(
+            height,
+            width,
+            models.CONV1_1_PADDING,
+            tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS]),
+        )
+        pad_h, pad_w = plan.rows.conv1_1_padding, plan.cols.conv1_1_padding
+        sizes[1] = (height + 2 * pad_h - 2, width + 2 * pad_w - 2)
+        for block in range(2, models.FRAMED_BLOCKS + 1):
+            rows, cols = plan.rows.after_pool[block - 1][1], plan.cols.after_pool[block - 1][1]
+            sizes[block] = (rows.size, cols.size)
+    return sizes
+
+
+def layer_flops(
+    name: str, height: int, width: int, num_classes: int = 21, framed: bool = False
+) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image."""
     flops = {}
-    h, w = height + 2 * models.CONV1_1_PADDING - 2, width + 2 * models.CONV1_1_PADDING - 2
+    sizes = _block_sizes(height, width, framed)
     c_in = 3
     pools = {}
     for block, num_convs, channels in models.VGG16_BLOCKS:
+        h, w = sizes[block]
         for i in range(1, num_convs + 1):
             flops[f"conv{block}_{i}"] = _conv(h, w, c_in, channels, 3)
             c_in = channels
@@ -53,15 +82,19 @@ def layer_flops(name: str, height: int, width: int, num_classes: int = 21) -> di
     return flops
 
 
-def forward_flops(name: str, height: int, width: int, num_classes: int = 21) -> int:
+def forward_flops(
+    name: str, height: int, width: int, num_classes: int = 21, framed: bool = False
+) -> int:
     """Forward FLOPs of one image."""
-    return int(np.sum(list(layer_flops(name, height, width, num_classes).values())))
+    return int(np.sum(list(layer_flops(name, height, width, num_classes, framed).values())))
 
 
-def train_flops(name: str, height: int, width: int, num_classes: int = 21) -> int:
+def train_flops(
+    name: str, height: int, width: int, num_classes: int = 21, framed: bool = False
+) -> int:
     """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe)."""
     total = 0
-    for layer, fwd in layer_flops(name, height, width, num_classes).items():
+    for layer, fwd in layer_flops(name, height, width, num_classes, framed).items():
         input_grad = 0 if layer == "conv1_1" else fwd
         weight_grad = 0 if layer.startswith("upscore") else fwd
         total += fwd + input_grad + weight_grad

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax import frame
 from fcn_jax.layers import SubpixelConvTranspose, conv_with_matmul_grads, crop, relu_max_pool_ceil
 
 # (block, convs per block, output channels) of VGG16 configuration D (§1).
@@ -41,6 +42,9 @@ FC_CHANNELS = 4096
 # conv1_1 pads by 100 so that every crop offset is non-negative and fc6 always has a 7x7
 # input, whatever the image size (§2.4).
 CONV1_1_PADDING = 100
+# Blocks whose maps still have a constant frame that is cheaper to skip (fcn_jax.frame):
+# in block 4 the frame is narrower than its three convolutions reach.
+FRAMED_BLOCKS = 3
 DROPOUT_RATE = 0.5  # §1, drop6/drop7.
 # Fixed scalings of the skip inputs in FCN-8s at-once (§2.3).
 ATONCE_POOL4_SCALE = 0.01
@@ -129,6 +133,11 @@ class FCN(nn.Module):
     def _backbone(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
         """VGG16 as in §1 rows 1-22; returns the pool3, pool4 and fc7 activations."""
         conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=jnp.float32)
+        # Blocks 1-3 run on maps without most of the constant frame the padding of conv1_1
+        # creates, and pool3 gets it back: the same values for less work (fcn_jax.frame).
+        plan = frame.FramePlan.for_image(
+            *x.shape[1:3], CONV1_1_PADDING, tuple(n for _, n, _ in VGG16_BLOCKS[:FRAMED_BLOCKS])
+        )
         pools = {}
         for block, num_convs, channels in VGG16_BLOCKS:
             for i in range(1, num_convs + 1):
@@ -136,13 +145,15 @@ class FCN(nn.Module):
                 x = conv(
                     self._channels(channels),
                     (3, 3),
-                    padding=CONV1_1_PADDING if first else 1,
+                    padding=plan.conv1_1_padding if first else 1,
                     conv_general_dilated=conv_with_matmul_grads if first else None,
                     name=f"conv{block}_{i}",
                 )(x)
                 # The block's last ReLU is fused into its pooling (relu_max_pool_ceil).
                 x = x if i == num_convs else nn.relu(x)
             x = relu_max_pool_ceil(x)
+            if block <= FRAMED_BLOCKS:
+                x = plan.after_pool(x, block)
             pools[block] = x
         # fc6 / fc7: the fully connected layers "convolutionalised" (§1 rows 19-22); dropout is
         # element-wise as in Caffe, not channel-wise like PyTorch's Dropout2d (§1).

@@ -49,20 +49,31 @@ def test_real_forward_of_tiny_model_keeps_input_size(name, hw):
     assert float(jnp.abs(out).max()) > 0
 
 
-def test_intermediate_geometry_matches_reference_table_for_375x500():
-    # FCN_REFERENCE.md §2.5 worked example, 375 x 500 column.
-    model = models.get_model("fcn8s")
+def _layer_output_shapes(model, height, width):
     variables = _abstract_variables(model)
-    images = jax.ShapeDtypeStruct((1, 375, 500, 3), jnp.float32)
+    images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     _, state = jax.eval_shape(
         lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
         variables,
         images,
     )
     layers = {k: v for k, v in state["intermediates"].items() if k != "__call__"}
-    shapes = {k: v["__call__"][0].shape[1:3] for k, v in layers.items()}
-    assert shapes["conv1_2"] == (573, 698)
-    assert shapes["conv3_3"] == (144, 175)  # before pool3, so pool2's size
+    return {k: v["__call__"][0].shape[1:3] for k, v in layers.items()}
+
+
+@pytest.mark.parametrize("framed_blocks", [0, models.FRAMED_BLOCKS])
+def test_intermediate_geometry_matches_reference_table_for_375x500(monkeypatch, framed_blocks):
+    # FCN_REFERENCE.md §2.5 worked example, 375 x 500 column. With the constant frame skipped
+    # (fcn_jax.frame) blocks 1-3 run on smaller maps, and from pool3 on every map is the
+    # reference's again.
+    monkeypatch.setattr(models, "FRAMED_BLOCKS", framed_blocks)
+    shapes = _layer_output_shapes(models.get_model("fcn8s"), 375, 500)
+    if framed_blocks:
+        assert shapes["conv1_2"][0] < 573 and shapes["conv1_2"][1] < 698
+        assert shapes["conv3_3"][0] < 144 and shapes["conv3_3"][1] < 175
+    else:
+        assert shapes["conv1_2"] == (573, 698)
+        assert shapes["conv3_3"] == (144, 175)  # before pool3, so pool2's size
     assert shapes["score_fr"] == (12, 16)
     assert shapes["upscore2"] == (26, 34)
     assert shapes["score_pool4"] == (36, 44)

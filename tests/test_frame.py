@@ -1,0 +1,63 @@
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcn_jax import frame, models
+
+VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS])
+
+
+def test_every_image_size_up_to_2048_gets_a_plan_with_smaller_maps():
+    # axis_plan raises if an edge could reach the core anywhere in blocks 1-3.
+    start = time.perf_counter()
+    for size in range(1, 2049):
+        plan = frame.axis_plan(size, models.CONV1_1_PADDING, VGG16_FRAMED)
+        full_pool1 = -(-(size + 2 * models.CONV1_1_PADDING - 2) // 2)
+        assert plan.after_pool[1][1].size < full_pool1
+        # Block 3's output gets back exactly the full pool3 extent (§2.5: ceil((H + 198) / 8)).
+        assert plan.after_pool[3][1].size == -(-(size + 2 * models.CONV1_1_PADDING - 2) // 8)
+    assert time.perf_counter() - start < 60
+
+
+def test_resize_runs_drops_and_copies_run_rows_only():
+    have = frame.AxisLayout(lead_edge=1, lead_run=4, core=3, trail_run=2, trail_edge=2)
+    rows = np.array([9, 5, 5, 5, 5, 1, 2, 3, 7, 7, 8, 6], np.float32)
+    x = jnp.asarray(rows).reshape(1, -1, 1, 1)
+    want = have.with_runs(2, 5)
+    short = frame.resize_runs(x, 1, have, want)
+    np.testing.assert_array_equal(short[0, :, 0, 0], [9, 5, 5, 1, 2, 3, 7, 7, 7, 7, 7, 8, 6])
+    np.testing.assert_array_equal(frame.resize_runs(short, 1, want, have), x)
+    with pytest.raises(ValueError, match="beyond their runs"):
+        frame.resize_runs(x, 1, have, frame.AxisLayout(1, 4, 4, 1, 2))
+
+
+@pytest.mark.parametrize(
+    "model_name, height, width",
+    [("fcn8s", 1, 1), ("fcn8s", 37, 45), ("fcn8s", 64, 33), ("fcn32s", 26, 27)],
+)
+def test_skipping_the_frame_changes_no_output_or_gradient(monkeypatch, model_name, height, width):
+    model = models.get_model(model_name, num_classes=3, width=1 / 16)
+    x = jax.random.normal(jax.random.key(0), (1, height, width, 3))
+    variables = models.init_variables(model, jax.random.key(1))
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    variables = jax.tree.unflatten(
+        treedef, [0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves, strict=True)]
+    )
+
+    def logits_and_grads():
+        def loss(params):
+            logits = model.apply({**variables, "params": params}, x)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    grads, logits = logits_and_grads()
+    monkeypatch.setattr(models, "FRAMED_BLOCKS", 0)  # the full maps of the reference
+    want_grads, want_logits = logits_and_grads()
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
