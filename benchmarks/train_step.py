@@ -67,12 +67,12 @@ def _jax_runner(args: argparse.Namespace):
     import numpy as np
 
     from configs import default
-    from fcn_jax import train
+    from fcn_jax import steps
 
     config = default.get_config()
     config.model, config.batch_size = args.model, args.batch
-    model = train.create_model(config, 21)
-    mesh = train.make_mesh()
+    model = steps.create_model(config, 21)
+    mesh = steps.make_mesh()
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(args.batch, args.height, args.width, 3)).astype(np.float32),
@@ -81,15 +81,15 @@ def _jax_runner(args: argparse.Namespace):
     }
     variables = _jax_variables(model)
     if args.mode == "forward":
-        step = train.jit_eval_step(model, mesh)
-        variables = jax.device_put(variables, train.replicated(mesh))
-        return lambda: jax.block_until_ready(step(variables, train.global_batch(mesh, batch)))
-    state, tx = train.create_train_state(config, variables, jax.random.PRNGKey(0))
-    holder = [jax.device_put(state, train.replicated(mesh))]
-    step = train.jit_train_step(config, model, tx, mesh)
+        step = steps.jit_eval_step(model, mesh)
+        variables = jax.device_put(variables, steps.replicated(mesh))
+        return lambda: jax.block_until_ready(step(variables, steps.global_batch(mesh, batch)))
+    state, tx = steps.create_train_state(config, variables, jax.random.PRNGKey(0))
+    holder = [jax.device_put(state, steps.replicated(mesh))]
+    step = steps.jit_train_step(config, model, tx, mesh)
 
     def run():
-        holder[0], out = step(holder[0], train.global_batch(mesh, batch))
+        holder[0], out = step(holder[0], steps.global_batch(mesh, batch))
         jax.block_until_ready(out)
 
     return run

@@ -1,52 +1,26 @@
-"""Training and evaluation: a data-parallel jitted train step over a device mesh.
+"""Training and evaluation: the loop around the steps of `fcn_jax.steps`.
 
-Parameters and optimiser state are replicated over a one-axis `Mesh` ('data'); batches are
-sharded along it; the step is written as single-device code and `jax.jit` inserts the
-reductions. Global batches are assembled from each process's share with
-`jax.make_array_from_process_local_data`, so the same code runs on one CPU, a GPU, a TPU
-pod slice, or several hosts.
+It builds the model and the state from the config, feeds the tf.data pipeline to the jitted
+train step, evaluates, checkpoints and writes summaries.
 
-Entry points: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint(...)`.
+Entry points: `train_and_evaluate(config, workdir)`, `evaluate_model(...)`, `predict(...)`.
 """
 
-import functools
 import json
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from fcn_jax import checkpoint, input_pipeline, losses, metrics, models, optim, visualize, weights
-
-DATA_AXIS = "data"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed run needs besides the data position (which is `step`)."""
-
-    step: jax.Array
-    params: Any
-    frozen: Any  # variables the optimiser never sees (the bilinear upsampling kernels)
-    opt_state: Any
-    rng: jax.Array
-
-    def variables(self) -> dict:
-        """The model's variables for `apply`."""
-        return {"params": self.params, **self.frozen}
-
+from fcn_jax import checkpoint, input_pipeline, losses, models, optim, steps, visualize, weights
 
 # ---------------------------------------------------------------------------- configuration
 
@@ -55,9 +29,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every config field before anything compiles; ValueError names the field."""
     if config.model not in models.MODELS:
         raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
-    if config.compute_dtype not in DTYPES:
+    if config.compute_dtype not in steps.DTYPES:
         raise ValueError(
-            f"config.compute_dtype={config.compute_dtype!r}: use one of {list(DTYPES)}"
+            f"config.compute_dtype={config.compute_dtype!r}: use one of {list(steps.DTYPES)}"
         )
     if config.init.kind not in ("random", "vgg16", "pytorch_fcn", "stage"):
         raise ValueError(f"config.init.kind={config.init.kind!r} is unknown")
@@ -81,17 +55,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
     optim.validate_config(config)
     input_pipeline.validate_config(config)
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FCN:
-    """The FCN of `config.model` with the config's width, dtype and upsampling option."""
-    return models.get_model(
-        config.model,
-        num_classes,
-        width=config.width,
-        dtype=DTYPES[config.compute_dtype],
-        learnable_upsampling=config.learnable_upsampling,
-    )
 
 
 # ---------------------------------------------------------------------------- state
@@ -130,151 +93,6 @@ def load_variables(
     return checkpoint.restore_variables(path)
 
 
-def create_train_state(
-    config: ml_collections.ConfigDict, variables: dict, rng: jax.Array
-) -> tuple[TrainState, optax.GradientTransformation]:
-    """The initial train state and the optimiser for `variables`."""
-    params = variables["params"]
-    frozen = {k: v for k, v in variables.items() if k != "params"}
-    tx = optim.create_optimizer(config, params)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        frozen=frozen,
-        opt_state=tx.init(params),
-        rng=rng,
-    )
-    return state, tx
-
-
-# ---------------------------------------------------------------------------- steps
-
-
-def loss_fn(
-    params: Any,
-    state: TrainState,
-    batch: dict,
-    rng: jax.Array,
-    *,
-    model: models.FCN,
-    reduction: str,
-) -> tuple[jax.Array, jax.Array]:
-    """Loss of one (micro-)batch and its number of valid pixels."""
-    logits = model.apply(
-        {"params": params, **state.frozen}, batch["image"], train=True, rngs={"dropout": rng}
-    )
-    return losses.pixel_cross_entropy(logits, batch["label"], reduction=reduction)
-
-
-def train_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model: models.FCN,
-    tx: optax.GradientTransformation,
-    reduction: str,
-    grad_accum_steps: int,
-) -> tuple[TrainState, dict]:
-    """One optimiser update from a batch, accumulated over `grad_accum_steps` micro-batches."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(
-        functools.partial(loss_fn, model=model, reduction=reduction), has_aux=True
-    )
-    if grad_accum_steps == 1:
-        (loss, valid), grads = grad_fn(state.params, state, batch, rng)
-    else:
-        # Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
-        micro = jax.tree.map(
-            lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-
-        def accumulate(carry, inputs):
-            index, micro_batch = inputs
-            (loss, valid), grads = grad_fn(
-                state.params, state, micro_batch, jax.random.fold_in(rng, index)
-            )
-            return jax.tree.map(jnp.add, carry, (loss, valid, grads)), None
-
-        zeros = (
-            jnp.zeros(()),
-            jnp.zeros((), jnp.int32),
-            jax.tree.map(jnp.zeros_like, state.params),
-        )
-        (loss, valid, grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
-        )
-        loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
-    )
-    return new_state, {"loss": loss, "valid_pixels": valid}
-
-
-def eval_step(variables: dict, batch: dict, *, model: models.FCN) -> tuple[Any, jax.Array]:
-    """The confusion matrix of one batch (padding examples excluded) and the predictions."""
-    logits = model.apply(variables, batch["image"], train=False)
-    metric = metrics.ConfusionMatrix.from_model_output(
-        logits=logits, labels=batch["label"], example_mask=batch["mask"]
-    )
-    return metric, jnp.argmax(logits, -1).astype(jnp.uint8)
-
-
-# ---------------------------------------------------------------------------- sharding
-
-
-def make_mesh() -> Mesh:
-    """A one-axis mesh over every device of every process."""
-    return Mesh(np.array(jax.devices()), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Sharding of values every device holds whole (parameters, optimiser state)."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of batches: split along the leading (example) axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assembles the global batch from this process's share."""
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
-
-
-def jit_train_step(
-    config: ml_collections.ConfigDict,
-    model: models.FCN,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The train step jitted over `mesh`: state replicated and donated, batch sharded."""
-    step = functools.partial(
-        train_step,
-        model=model,
-        tx=tx,
-        reduction=config.loss_reduction,
-        grad_accum_steps=config.grad_accum_steps,
-    )
-    return jax.jit(
-        step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
-def jit_eval_step(model: models.FCN, mesh: Mesh) -> Callable:
-    """The eval step jitted over `mesh`."""
-    return jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), batch_sharding(mesh)),
-    )
-
-
 # ---------------------------------------------------------------------------- evaluation
 
 
@@ -296,7 +114,7 @@ def evaluate(
     total, kept = None, []
     report_every = max(1, num_batches // 10)
     for index, local in enumerate(batches, start=1):
-        metric, predictions = eval_step_fn(variables, global_batch(mesh, local))
+        metric, predictions = eval_step_fn(variables, steps.global_batch(mesh, local))
         total = metric if total is None else total.merge(metric)
         if len(kept) < keep_predictions:
             local_predictions = _local_rows(predictions)
@@ -339,35 +157,35 @@ class _Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         validate_config(config)
         self.config, self.workdir = config, workdir
-        self.mesh = make_mesh()
+        self.mesh = steps.make_mesh()
         self.class_names = input_pipeline.class_names(config)
-        self.model = create_model(config, len(self.class_names))
+        self.model = steps.create_model(config, len(self.class_names))
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
         self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
         self.state, self.tx = self._initial_state()
-        self.train_step = jit_train_step(config, self.model, self.tx, self.mesh)
-        self.eval_step = jit_eval_step(self.model, self.mesh)
+        self.train_step = steps.jit_train_step(config, self.model, self.tx, self.mesh)
+        self.eval_step = steps.jit_eval_step(self.model, self.mesh)
         self.lr = optim.learning_rate_schedule(config)
 
-    def _initial_state(self) -> tuple[TrainState, optax.GradientTransformation]:
+    def _initial_state(self) -> tuple[steps.TrainState, optax.GradientTransformation]:
         # A raw uint32 key (not a typed key array) so orbax can save it with the state.
         rng, init_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
         if self.checkpoints.latest_step() is not None:
             # Shapes only: the checkpoint holds the values.
             abstract = jax.eval_shape(
-                lambda: create_train_state(
+                lambda: steps.create_train_state(
                     self.config, models.init_variables(self.model, init_rng), rng
                 )[0]
             )
-            state = self.checkpoints.restore_latest(abstract, replicated(self.mesh))
+            state = self.checkpoints.restore_latest(abstract, steps.replicated(self.mesh))
             logging.info("resumed from step %d", int(state.step))
             return state, optim.create_optimizer(self.config, state.params)
         variables = initial_variables(self.config, self.model, init_rng)
         parameter_overview.log_parameter_overview(variables["params"])
-        state, tx = create_train_state(self.config, variables, rng)
-        return jax.device_put(state, replicated(self.mesh)), tx
+        state, tx = steps.create_train_state(self.config, variables, rng)
+        return jax.device_put(state, steps.replicated(self.mesh)), tx
 
     def evaluate(self, step: int) -> dict:
         config = self.config
@@ -418,7 +236,7 @@ class _Trainer:
         return scores
 
     def _step(self, step: int, local_batch: dict) -> float:
-        self.state, out = self.train_step(self.state, global_batch(self.mesh, local_batch))
+        self.state, out = self.train_step(self.state, steps.global_batch(self.mesh, local_batch))
         loss = float(out["loss"])
         if not np.isfinite(loss):
             # Raised before this state is saved: the last good checkpoint stays the latest.
@@ -471,7 +289,7 @@ def _trained_variables(
 ) -> tuple[models.FCN, dict]:
     """The model and its trained variables: a pytorch-fcn file, else WORKDIR's checkpoint."""
     validate_config(config)
-    model = create_model(config, input_pipeline.num_classes(config))
+    model = steps.create_model(config, input_pipeline.num_classes(config))
     path = weights_path or workdir
     return model, load_variables(path, config.model, config, model.num_classes)
 
@@ -487,13 +305,13 @@ def evaluate_model(
     Appends the scores to WORKDIR/eval_results.jsonl (step -1 for imported weights).
     """
     model, variables = _trained_variables(config, workdir, weights_path)
-    mesh = make_mesh()
+    mesh = steps.make_mesh()
     split = split or config.dataset.eval_split
     name = config.dataset.get("eval_name") or config.dataset.name
     num_batches = -(-input_pipeline.num_examples(config, split, name) // config.eval_batch_size)
     scores, _ = evaluate(
-        jax.device_put(variables, replicated(mesh)),
-        jit_eval_step(model, mesh),
+        jax.device_put(variables, steps.replicated(mesh)),
+        steps.jit_eval_step(model, mesh),
         input_pipeline.create_eval_iterator(config, split),
         mesh,
         num_batches=num_batches,
