@@ -38,7 +38,7 @@ def _ceil_pad(x: jax.Array) -> tuple[tuple[int, int], tuple[int, int]]:
     return (0, x.shape[1] % 2), (0, x.shape[2] % 2)
 
 
-_NO_GRADIENT = 4  # window index meaning "the window's maximum is <= 0": ReLU passes nothing.
+_TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))  # a pooling window's taps in row-major order
 
 
 def _windows(x: jax.Array) -> jax.Array:
@@ -46,6 +46,26 @@ def _windows(x: jax.Array) -> jax.Array:
     n, height, width, c = x.shape
     padded = jnp.pad(x, ((0, 0), *_ceil_pad(x), (0, 0)), constant_values=-jnp.inf)
     return padded.reshape(n, -(-height // 2), 2, -(-width // 2), 2, c)
+
+
+def _pool_and_winner(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """ReLU + max pooling of `x`, and for each window which candidate won, in one pass.
+
+    The candidates are 0 (the ReLU floor) followed by the four taps; the first maximum wins.
+    Winner 0 therefore means "the window's maximum is <= 0": no gradient goes through.
+    """
+    windows = _windows(x)
+    taps = [windows[:, :, i, :, j, :] for i, j in _TAPS]
+    candidates = jnp.stack([jnp.zeros_like(taps[0]), *taps], axis=-1)
+    index = jax.lax.broadcasted_iota(jnp.uint8, candidates.shape, candidates.ndim - 1)
+
+    def first_max(a, b):
+        (value_a, index_a), (value_b, index_b) = a, b
+        keep_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
+        return jnp.where(keep_a, value_a, value_b), jnp.where(keep_a, index_a, index_b)
+
+    init = (jnp.array(-jnp.inf, x.dtype), jnp.array(len(_TAPS) + 1, jnp.uint8))
+    return jax.lax.reduce((candidates, index), init, first_max, (candidates.ndim - 1,))
 
 
 @jax.custom_vjp
@@ -58,21 +78,16 @@ def relu_max_pool_ceil(x: jax.Array) -> jax.Array:
     The gradient is exactly that of `max_pool(relu(x))` in Caffe and XLA: it goes to the first
     maximum of each window in row-major order, and nowhere if that maximum is <= 0. Fusing
     the two lets the backward pass keep one byte per pooled value (which tap won) instead of
-    the block's last activation map twice (the ReLU input and its output): 300 MB less at
-    500x375. It also avoids XLA's CPU select-and-scatter, about four times slower than the
-    element-wise backward here (benchmarks/train_step.py).
+    the block's last activation map twice (the ReLU input and its output). The winner comes
+    out of the same reduction as the pooled value: computed apart, XLA fused it into the
+    backward pass and kept the whole padded input alive until then instead. The backward is
+    element-wise, which also avoids XLA's CPU select-and-scatter (about four times slower).
     """
-    return nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding=_ceil_pad(x))
+    return _pool_and_winner(x)[0]
 
 
 def _relu_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
-    y = relu_max_pool_ceil(x)
-    windows = _windows(x)
-    winner = jnp.full(y.shape, _NO_GRADIENT, jnp.uint8)
-    # Walk the taps backwards so that the first maximum in row-major order is kept.
-    for tap, (i, j) in reversed(list(enumerate(((0, 0), (0, 1), (1, 0), (1, 1))))):
-        winner = jnp.where(windows[:, :, i, :, j, :] == y, jnp.uint8(tap), winner)
-    winner = jnp.where(y > 0, winner, jnp.uint8(_NO_GRADIENT))
+    y, winner = _pool_and_winner(x)
     return y, (winner, x.shape)
 
 
@@ -81,7 +96,7 @@ def _relu_pool_bwd(
 ) -> tuple[jax.Array]:
     winner, (n, height, width, c) = residuals
     out_h, out_w = winner.shape[1:3]
-    taps = [jnp.where(winner == tap, grad, 0) for tap in range(4)]
+    taps = [jnp.where(winner == tap, grad, 0) for tap in range(1, len(_TAPS) + 1)]
     dx = jnp.stack(taps, axis=3).reshape(n, out_h, out_w, 2, 2, c)
     dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * out_h, 2 * out_w, c)
     return (dx[:, :height, :width],)
