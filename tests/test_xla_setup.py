@@ -14,7 +14,11 @@ def test_default_flags_added_and_user_flags_kept():
     # Calling again adds nothing; a user's own value of the flag wins.
     assert xla_setup.add_default_xla_flags(env) == flags
     user = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
-    assert xla_setup.add_default_xla_flags(user) == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    flags = xla_setup.add_default_xla_flags(user).split()
+    assert [f for f in flags if "ynn_fusion_type" in f] == [
+        "--xla_cpu_experimental_ynn_fusion_type=dot"
+    ]
+    assert "--xla_cpu_copy_insertion_use_region_analysis=true" in flags
 
 
 def test_importing_fcn_jax_sets_flags_that_xla_accepts():
@@ -27,4 +31,5 @@ def test_importing_fcn_jax_sets_flags_that_xla_accepts():
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert "--xla_cpu_experimental_ynn_fusion_type=" in out.stdout
+    for flag in xla_setup.CPU_FLAGS:
+        assert flag in out.stdout
