@@ -155,24 +155,18 @@ class FCN(nn.Module):
             if block <= FRAMED_BLOCKS:
                 x = plan.after_pool(x, block)
             pools[block] = x
-        # fc6 / fc7: the fully connected layers "convolutionalised" (§1 rows 19-22); dropout is
-        # element-wise as in Caffe, not channel-wise like PyTorch's Dropout2d (§1).
-        x = conv(
-            self._channels(FC_CHANNELS),
-            (7, 7),
-            padding="VALID",
-            conv_general_dilated=conv_with_matmul_grads,
-            name="fc6",
-        )(x)
-        x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
-        x = conv(
-            self._channels(FC_CHANNELS),
-            (1, 1),
-            padding="VALID",
-            conv_general_dilated=conv_with_matmul_grads,
-            name="fc7",
-        )(x)
-        x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
+        # fc6 (7x7) / fc7 (1x1): the fully connected layers "convolutionalised" (§1 rows
+        # 19-22); dropout is element-wise as in Caffe, not channel-wise like PyTorch's
+        # Dropout2d (§1).
+        for name, size in (("fc6", 7), ("fc7", 1)):
+            x = conv(
+                self._channels(FC_CHANNELS),
+                (size, size),
+                padding="VALID",
+                conv_general_dilated=conv_with_matmul_grads,
+                name=name,
+            )(x)
+            x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
 
     def _score(self, name: str) -> nn.Conv:
