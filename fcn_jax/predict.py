@@ -61,6 +61,9 @@ def predict_files(
     out = epath.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1).astype(jnp.uint8))
+    # On the device once: on a GPU or TPU, host arrays (a converted .pth) would otherwise be
+    # copied there again for every image, 537 MB each time at full width.
+    variables = jax.device_put(variables)
     written = []
     for path in resolve_inputs(inputs):
         image = _read_rgb(path)
