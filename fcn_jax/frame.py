@@ -188,6 +188,7 @@ class FramePlan:
         return resize_runs(x, 2, *self.cols.after_pool[block])
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))  # one operation outside jit, not eight
 def resize_runs(x: jax.Array, axis: int, have: AxisLayout, want: AxisLayout) -> jax.Array:
     """Gives the runs of `x` along `axis` the lengths of `want` by dropping or copying rows."""
     if (have.lead_edge, have.core, have.trail_edge) != (want.lead_edge, want.core, want.trail_edge):

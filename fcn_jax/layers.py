@@ -48,6 +48,7 @@ def _windows(x: jax.Array) -> jax.Array:
     return padded.reshape(n, -(-height // 2), 2, -(-width // 2), 2, c)
 
 
+@jax.jit  # one compiled operation when called outside jit (tests, notebooks), not a dozen
 def _pool_and_winner(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """ReLU + max pooling of `x`, and for each window which candidate won, in one pass.
 
@@ -58,14 +59,17 @@ def _pool_and_winner(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     taps = [windows[:, :, i, :, j, :] for i, j in _TAPS]
     candidates = jnp.stack([jnp.zeros_like(taps[0]), *taps], axis=-1)
     index = jax.lax.broadcasted_iota(jnp.uint8, candidates.shape, candidates.ndim - 1)
-
-    def first_max(a, b):
-        (value_a, index_a), (value_b, index_b) = a, b
-        keep_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
-        return jnp.where(keep_a, value_a, value_b), jnp.where(keep_a, index_a, index_b)
-
     init = (jnp.array(-jnp.inf, x.dtype), jnp.array(len(_TAPS) + 1, jnp.uint8))
-    return jax.lax.reduce((candidates, index), init, first_max, (candidates.ndim - 1,))
+    return jax.lax.reduce((candidates, index), init, _first_max, (candidates.ndim - 1,))
+
+
+def _first_max(
+    a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """Reduction of (value, index) pairs to the largest value, the lower index on ties."""
+    (value_a, index_a), (value_b, index_b) = a, b
+    keep_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
+    return jnp.where(keep_a, value_a, value_b), jnp.where(keep_a, index_a, index_b)
 
 
 @jax.custom_vjp
@@ -210,15 +214,24 @@ class SubpixelConvTranspose(nn.ConvTranspose):
         kernel_shape = (2 * stride, 2 * stride, inputs.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
         inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
-        n, height, width, _ = inputs.shape
-        padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        phase_kernel = _phase_kernel(kernel, stride)
-        phases = jax.lax.conv_general_dilated(
-            padded, phase_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        phases = phases.reshape(n, height + 1, width + 1, stride, stride, self.features)
-        out = phases.transpose(0, 1, 3, 2, 4, 5)
-        return out.reshape(n, (height + 1) * stride, (width + 1) * stride, self.features)
+        return _subpixel_conv_transpose(inputs, kernel, stride)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _subpixel_conv_transpose(inputs: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    n, height, width, _ = inputs.shape
+    features = kernel.shape[-1]
+    padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    phases = jax.lax.conv_general_dilated(
+        padded,
+        _phase_kernel(kernel, stride),
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    phases = phases.reshape(n, height + 1, width + 1, stride, stride, features)
+    out = phases.transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(n, (height + 1) * stride, (width + 1) * stride, features)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, ...]:
