@@ -311,14 +311,40 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
     return rows
 
 
-def _cases(args: argparse.Namespace) -> list[dict]:
+MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parses HxW (e.g. 375x500) into two positive ints; argparse reports a ValueError."""
+    height, width = (int(v) for v in text.lower().split("x"))
+    if height < 1 or width < 1:
+        raise ValueError(text)
+    return height, width
+
+
+def _cases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    """The (model, size, mode) combinations asked for, each checked."""
     cases = []
     for model in args.models.split(","):
+        if model not in MODELS:
+            parser.error(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
         for size in args.sizes.split(","):
-            height, width = (int(v) for v in size.lower().split("x"))
+            try:
+                height, width = _size(size)
+            except ValueError:
+                parser.error(f"bad size {size!r} in --sizes: use HxW with H, W >= 1, e.g. 375x500")
             for mode in args.modes.split(","):
+                if mode not in ("train", "eval"):
+                    parser.error(f"unknown mode {mode!r}: use train or eval")
                 cases.append(dict(model=model, height=height, width=width, mode=mode))
     return cases
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main() -> None:
@@ -326,8 +352,8 @@ def main() -> None:
     parser.add_argument("--models", default="fcn8s", help="comma-separated: fcn32s,fcn16s,fcn8s")
     parser.add_argument("--sizes", default="375x500", help="comma-separated HxW, e.g. 512x512")
     parser.add_argument("--modes", default="train", help="comma-separated: train,eval")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per framework")
+    parser.add_argument("--batch", type=_positive_int, default=1)
+    parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per framework")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--torch-python", help="interpreter with torch, for the side-by-side run")
     # Worker-only arguments (one case each).
@@ -338,12 +364,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    cases = _cases(args)
-    for case in cases:
-        if case["model"] not in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"):
-            parser.error(f"unknown model {case['model']!r}")
-        if case["mode"] not in ("train", "eval"):
-            parser.error(f"unknown mode {case['mode']!r}: use train or eval")
+    cases = _cases(args, parser)
+    if args.torch_python and not os.access(args.torch_python, os.X_OK):
+        parser.error(f"--torch-python={args.torch_python} is not an executable interpreter")
     header = (
         "| model | size | step | framework | median s | images/s | GFLOP/step | GFLOP/s "
         "| of matmul peak | MFU | peak memory | compile s | time / torch | memory / torch |"
