@@ -44,8 +44,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     canvas = tuple(data.canvas_size)
     if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
         raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
-    for field in ("batch_size", "eval_batch_size"):
-        value = config[field]
+    for field, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", eval_batch_size(config)),
+    ):
         if value < 1 or value % jax.device_count() or value % jax.process_count():
             raise ValueError(
                 f"config.{field}={value} must be a positive multiple of the device count "
@@ -58,6 +60,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global eval batch size, from one place for the pipeline, validation and the loop.
+
+    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
+    multiple of the device count, which is valid on any host.
+    """
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return -(-config.batch_size // jax.device_count()) * jax.device_count()
 
 
 def normalize_image(image: Any, preprocessing: str) -> tf.Tensor:
@@ -236,7 +249,8 @@ def create_eval_iterator(
     """One pass over this process's share of `split`, every example exactly once.
 
     Args:
-      config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
+      config: see `validate_config`; reads `eval_batch_size` (see `eval_batch_size`),
+        `batch_size` and `dataset.*`.
       split: defaults to `config.dataset.eval_split`, of dataset `config.dataset.eval_name`
         (default `config.dataset.name`: the reference trains on SBD, evaluates on VOC).
 
@@ -249,7 +263,7 @@ def create_eval_iterator(
     split = split or config.dataset.eval_split
     builder = _builder(config, config.dataset.get("eval_name") or config.dataset.name)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.eval_batch_size)
+    batch = _local_batch(eval_batch_size(config))
     ds = _dataset(builder, split).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )

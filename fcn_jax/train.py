@@ -191,7 +191,7 @@ class _Trainer:
         config = self.config
         split = config.dataset.eval_split
         name = config.dataset.get("eval_name") or config.dataset.name
-        per_batch = config.eval_batch_size
+        per_batch = input_pipeline.eval_batch_size(config)
         num_batches = -(-input_pipeline.num_examples(config, split, name) // per_batch)
         scores, kept = evaluate(
             self.state.variables(),
@@ -308,7 +308,8 @@ def evaluate_model(
     mesh = steps.make_mesh()
     split = split or config.dataset.eval_split
     name = config.dataset.get("eval_name") or config.dataset.name
-    num_batches = -(-input_pipeline.num_examples(config, split, name) // config.eval_batch_size)
+    per_batch = input_pipeline.eval_batch_size(config)
+    num_batches = -(-input_pipeline.num_examples(config, split, name) // per_batch)
     scores, _ = evaluate(
         jax.device_put(variables, steps.replicated(mesh)),
         steps.jit_eval_step(model, mesh),

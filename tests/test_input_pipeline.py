@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -86,3 +87,12 @@ def test_preprocessing_maths():
 def test_bad_data_config_names_the_field(synthetic_data_dir, overrides, field):
     with pytest.raises(ValueError, match=field):
         input_pipeline.validate_config(tiny_config(synthetic_data_dir, **overrides))
+
+
+@pytest.mark.parametrize(
+    "batch, explicit, want", [(1, None, 4), (4, None, 4), (5, None, 8), (1, 12, 12)]
+)
+def test_eval_batch_defaults_to_the_train_batch_rounded_to_the_devices(batch, explicit, want):
+    config = tiny_config("unused", batch_size=batch, eval_batch_size=explicit)
+    assert jax.device_count() == 4  # tests/conftest.py
+    assert input_pipeline.eval_batch_size(config) == want
