@@ -31,7 +31,7 @@ NOT_RUN = {
     ),
     "python -m benchmarks.steps": "full width at batch 8: tests/test_benchmarks.py runs it small",
     ".venv/bin/python -m benchmarks.input_pipeline": "a benchmark; uses no device",
-    "python -m benchmarks.device_check": "tests/test_device_check.py runs it on 8 devices",
+    "python -m benchmarks.device_check": "tests/test_device_check.py runs it with --tiny",
 }
 TINY = (
     "--config.width=0.015625",  # the width of the parity fixtures (tests/testdata/parity)
