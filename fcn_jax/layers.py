@@ -1,6 +1,6 @@
 """Array operations of the FCN graph with reference semantics and fast gradients.
 
-* `crop`: Caffe's top-left-anchored `Crop` (FCN_REFERENCE.md §2.1).
+* `crop`: Caffe's top-left-anchored `Crop` (docs/reference.md §2.1).
 * `relu_max_pool_ceil`: ReLU then ceil-mode 2x2 max pooling (§1, §2.6).
 * `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
 * `SubpixelConvTranspose`: `nn.ConvTranspose` for the FCN upsampling shape (kernel = 2 x
@@ -107,6 +107,25 @@ def _relu_pool_bwd(
 
 
 relu_max_pool_ceil.defvjp(_relu_pool_fwd, _relu_pool_bwd)
+
+
+def plain_relu_max_pool_ceil(x: jax.Array) -> jax.Array:
+    """`relu_max_pool_ceil` as XLA's own ReLU and max pooling: the plain path and test oracle."""
+    return nn.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2), padding=_ceil_pad(x))
+
+
+def zero_beyond(x: jax.Array, extents: jax.Array | None) -> jax.Array:
+    """Zeroes every position of NHWC `x` at or past each example's (rows, cols) extent.
+
+    Args:
+      x: (N, H, W, C).
+      extents: int32 (N, 2), or None for "the whole map" (x is returned as it is).
+    """
+    if extents is None:
+        return x
+    rows = jnp.arange(x.shape[1])[None, :, None, None] < extents[:, 0, None, None, None]
+    cols = jnp.arange(x.shape[2])[None, None, :, None] < extents[:, 1, None, None, None]
+    return jnp.where(rows & cols, x, jnp.zeros((), x.dtype))
 
 
 def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
