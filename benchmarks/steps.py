@@ -82,7 +82,7 @@ def _inputs(args: argparse.Namespace):
 
     rng = np.random.default_rng(0)
     shape = (args.batch, args.height, args.width)
-    images = rng.normal(size=(*shape, 3)).astype(np.float32)
+    images = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     return images, rng.integers(0, NUM_CLASSES, size=shape, dtype=np.int32)
 
 
@@ -117,12 +117,16 @@ def _jax_runner(args: argparse.Namespace):
     model = steps.create_model(config, NUM_CLASSES)
     mesh = steps.make_mesh()
     images, labels = _inputs(args)
-    batch = {"image": images, "label": labels, "mask": np.ones(args.batch, bool)}
+    # Each image fills its canvas: the per-example sizes cost what they cost in training.
+    sizes = np.tile(np.array([[args.height, args.width]], np.int32), (args.batch, 1))
+    batch = {"image": images, "label": labels, "size": sizes, "mask": np.ones(args.batch, bool)}
     batch = steps.global_batch(mesh, batch)
     variables = _jax_variables(model)
     if args.mode == "eval":
         variables = jax.device_put(variables, steps.replicated(mesh))
-        step, compile_s = _compiled(steps.jit_eval_step(model, mesh), variables, batch)
+        step, compile_s = _compiled(
+            steps.jit_eval_step(model, mesh, config.dataset.preprocessing), variables, batch
+        )
         return (lambda: jax.block_until_ready(step(variables, batch))), compile_s
     state, tx = steps.create_train_state(config, variables, jax.random.PRNGKey(0))
     holder = [jax.device_put(state, steps.replicated(mesh))]

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fcn_jax import losses, metrics, models, optim
+from fcn_jax import losses, metrics, models, optim, preprocessing
 
 DATA_AXIS = "data"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -77,6 +77,11 @@ def create_train_state(
 # ---------------------------------------------------------------------------- steps
 
 
+def model_input(batch: dict, preprocessing_name: str) -> jax.Array:
+    """The network's float input from a batch's uint8 images, normalised on the device."""
+    return preprocessing.normalize(batch["image"], preprocessing_name)
+
+
 def loss_fn(
     params: Any,
     state: TrainState,
@@ -85,10 +90,19 @@ def loss_fn(
     *,
     model: models.FCN,
     reduction: str,
+    preprocessing_name: str,
 ) -> tuple[jax.Array, jax.Array]:
-    """Loss of one (micro-)batch and its number of valid pixels."""
+    """Loss of one (micro-)batch and its number of valid pixels.
+
+    Each example is computed as its image alone at its own size (`batch['size']`), so with
+    the summed reduction the loss is the reference's per-image loss (docs/reference.md §4.2).
+    """
     logits = model.apply(
-        {"params": params, **state.frozen}, batch["image"], train=True, rngs={"dropout": rng}
+        {"params": params, **state.frozen},
+        model_input(batch, preprocessing_name),
+        sizes=batch["size"],
+        train=True,
+        rngs={"dropout": rng},
     )
     return losses.pixel_cross_entropy(logits, batch["label"], reduction=reduction)
 
@@ -101,12 +115,14 @@ def train_step(
     tx: optax.GradientTransformation,
     reduction: str,
     grad_accum_steps: int,
+    preprocessing_name: str,
 ) -> tuple[TrainState, dict]:
     """One optimiser update from a batch, accumulated over `grad_accum_steps` micro-batches."""
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(
-        functools.partial(loss_fn, model=model, reduction=reduction), has_aux=True
+    loss = functools.partial(
+        loss_fn, model=model, reduction=reduction, preprocessing_name=preprocessing_name
     )
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
     if grad_accum_steps == 1:
         (loss, valid), grads = grad_fn(state.params, state, batch, rng)
     else:
@@ -138,9 +154,17 @@ def train_step(
     return new_state, {"loss": loss, "valid_pixels": valid}
 
 
-def eval_step(variables: dict, batch: dict, *, model: models.FCN) -> tuple[Any, jax.Array]:
-    """The confusion matrix of one batch (padding examples excluded) and the predictions."""
-    logits = model.apply(variables, batch["image"], train=False)
+def eval_step(
+    variables: dict, batch: dict, *, model: models.FCN, preprocessing_name: str
+) -> tuple[Any, jax.Array]:
+    """The confusion matrix of one batch (padding examples excluded) and the predictions.
+
+    Each example is computed as its image alone at its own size (`batch['size']`): the
+    reference's per-image evaluation (docs/reference.md §5.1) on a static shape.
+    """
+    logits = model.apply(
+        variables, model_input(batch, preprocessing_name), sizes=batch["size"], train=False
+    )
     metric = metrics.ConfusionMatrix.from_model_output(
         logits=logits, labels=batch["label"], example_mask=batch["mask"]
     )
@@ -184,6 +208,7 @@ def jit_train_step(
         tx=tx,
         reduction=config.loss_reduction,
         grad_accum_steps=config.grad_accum_steps,
+        preprocessing_name=config.dataset.preprocessing,
     )
     return jax.jit(
         step,
@@ -193,10 +218,10 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(model: models.FCN, mesh: Mesh) -> Callable:
-    """The eval step jitted over `mesh`."""
+def jit_eval_step(model: models.FCN, mesh: Mesh, preprocessing_name: str) -> Callable:
+    """The eval step jitted over `mesh`, for images normalised as `preprocessing_name` says."""
     return jax.jit(
-        functools.partial(eval_step, model=model),
+        functools.partial(eval_step, model=model, preprocessing_name=preprocessing_name),
         in_shardings=(replicated(mesh), batch_sharding(mesh)),
         out_shardings=(replicated(mesh), batch_sharding(mesh)),
     )

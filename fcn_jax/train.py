@@ -108,8 +108,8 @@ def evaluate(
     """Runs one pass; the confusion matrix is summed on the device and pulled once.
 
     Returns:
-      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (image, label,
-      prediction) triples of this process for visualisation).
+      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (uint8 image, label,
+      prediction) canvases of this process for visualisation).
     """
     total, kept = None, []
     report_every = max(1, num_batches // 10)
@@ -119,7 +119,11 @@ def evaluate(
         if len(kept) < keep_predictions:
             local_predictions = _local_rows(predictions)
             for i in np.flatnonzero(local["mask"])[: keep_predictions - len(kept)]:
-                kept.append((local["image"][i], local["label"][i], local_predictions[i]))
+                # Off the image the prediction means nothing: show it as void, like the label.
+                prediction = np.full_like(local_predictions[i], losses.VOID)
+                h, w = local["size"][i]
+                prediction[:h, :w] = local_predictions[i][:h, :w]
+                kept.append((local["image"][i], local["label"][i], prediction))
         if index % report_every == 0 or index == num_batches:
             logging.info("evaluation: batch %d/%d", index, num_batches)
     return total.compute(), kept
@@ -166,7 +170,7 @@ class _Trainer:
         self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
         self.state, self.tx = self._initial_state()
         self.train_step = steps.jit_train_step(config, self.model, self.tx, self.mesh)
-        self.eval_step = steps.jit_eval_step(self.model, self.mesh)
+        self.eval_step = steps.jit_eval_step(self.model, self.mesh, config.dataset.preprocessing)
         self.lr = optim.learning_rate_schedule(config)
 
     def _initial_state(self) -> tuple[steps.TrainState, optax.GradientTransformation]:
@@ -206,7 +210,7 @@ class _Trainer:
             step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
         )
         if kept and jax.process_index() == 0:
-            panels = visualize.prediction_panels(kept, config.dataset.preprocessing)
+            panels = visualize.prediction_panels(kept)
             self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
             visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
         return scores
@@ -311,7 +315,7 @@ def evaluate_model(
     num_batches = -(-input_pipeline.num_examples(config, split, name) // config.eval_batch_size)
     scores, _ = evaluate(
         jax.device_put(variables, steps.replicated(mesh)),
-        steps.jit_eval_step(model, mesh),
+        steps.jit_eval_step(model, mesh, config.dataset.preprocessing),
         input_pipeline.create_eval_iterator(config, split),
         mesh,
         num_batches=num_batches,

@@ -7,7 +7,7 @@
 * `stage_variables`: staged training (FCN-32s -> 16s -> 8s), copy by name (§3.1).
 * `fetch_weights`: the published files, downloaded once into a cache folder and md5-checked.
 
-Layouts (§6.3, §8 of FCN_REFERENCE.md): a PyTorch conv weight (out, in, kh, kw) becomes a Flax
+Layouts (§6.3, §8 of docs/reference.md): a PyTorch conv weight (out, in, kh, kw) becomes a Flax
 kernel (kh, kw, in, out). A PyTorch/Caffe transposed-conv weight (in, out, kh, kw) becomes
 (kh, kw, in, out) *spatially flipped*, because Flax's `nn.ConvTranspose` (transpose_kernel=False)
 correlates the dilated input with its kernel instead of scattering it (STACK_NOTES.md); the

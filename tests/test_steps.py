@@ -34,8 +34,8 @@ class _TinyNet(nn.Module):
     """No dropout, so micro-batched and whole-batch gradients must agree exactly."""
 
     @nn.compact
-    def __call__(self, images, train=False):
-        del train
+    def __call__(self, images, sizes=None, train=False):
+        del sizes, train
         return nn.Conv(3, (3, 3))(images)
 
 
@@ -45,15 +45,22 @@ def test_gradient_accumulation_equals_one_big_batch(synthetic_data_dir):
     variables = jax.device_get(model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3))))
     rng = np.random.default_rng(0)
     batch = {
-        "image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8),
         "label": rng.integers(0, 3, size=(4, 8, 8)).astype(np.int32),
+        "size": np.full((4, 2), 8, np.int32),
     }
     results = []
     for accum in (1, 2, 4):
         state, tx = steps.create_train_state(config, variables, jax.random.PRNGKey(1))
         step = jax.jit(
             lambda s, b, tx=tx, accum=accum: steps.train_step(
-                s, b, model=model, tx=tx, reduction="sum", grad_accum_steps=accum
+                s,
+                b,
+                model=model,
+                tx=tx,
+                reduction="sum",
+                grad_accum_steps=accum,
+                preprocessing_name="caffe",
             )
         )
         state, out = step(state, batch)
