@@ -1,4 +1,4 @@
-"""Base config: the reference recipe of FCN_REFERENCE.md §4 (FCN-8s staged numbers).
+"""Base config: the reference recipe of docs/reference.md §4 (FCN-8s staged numbers).
 
 The variant files (fcn32s.py, fcn16s.py, fcn8s.py, fcn8s_atonce.py, quickstart.py) import this
 and override a few fields. Every field can be overridden on the command line, e.g.

@@ -1,6 +1,6 @@
 """Skipping the constant frame that conv1_1's 100-pixel padding puts around the image.
 
-conv1_1 pads the image by 100 pixels (FCN_REFERENCE.md §2.4), so about half of each map in
+conv1_1 pads the image by 100 pixels (docs/reference.md §2.4), so about half of each map in
 VGG blocks 1-3 lies in a frame around the image. Along either axis such a map reads:
 
     edge | run | core | run | edge

@@ -1,6 +1,6 @@
 """Array operations of the FCN graph with reference semantics and fast gradients.
 
-* `crop`: Caffe's top-left-anchored `Crop` (FCN_REFERENCE.md §2.1).
+* `crop`: Caffe's top-left-anchored `Crop` (docs/reference.md §2.1).
 * `relu_max_pool_ceil`: ReLU then ceil-mode 2x2 max pooling (§1, §2.6).
 * `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
 * `SubpixelConvTranspose`: `nn.ConvTranspose` for the FCN upsampling shape (kernel = 2 x

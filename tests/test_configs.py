@@ -29,7 +29,7 @@ def test_config_loads_and_validates(name, synthetic_data_dir):
      ("fcn8s_atonce", 1e-10, "vgg16")],
 )  # fmt: skip
 def test_reference_recipes(name, lr, init):
-    # FCN_REFERENCE.md §4.1.
+    # docs/reference.md §4.1.
     config = importlib.import_module(f"configs.{name}").get_config()
     assert config.model == name and config.init.kind == init
     assert config.optimizer.learning_rate == lr and config.optimizer.momentum == 0.99
