@@ -56,7 +56,8 @@ def _one_step(config, model, variables, batch) -> tuple[dict, dict, dict]:
 def test_one_sgd_step_updates_each_parameter_group_as_the_reference(synthetic_data_dir):
     # Plain SGD with lr 1 gives the gradient g itself; the reference groups must then give
     # weights w - lr (g + wd w), biases b - m lr g (no decay), and leave the frozen
-    # upsampling kernels alone (§4.1). Dropout masks are the same in both runs (same rng).
+    # upsampling kernels alone (§4.1); momentum has no say in a first step (its trace starts
+    # at zero). Dropout masks are the same in both runs (same rng, same step).
     plain = tiny_config(
         synthetic_data_dir,
         model="fcn16s",
