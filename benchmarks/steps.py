@@ -13,8 +13,8 @@ worker runs the library's own jitted steps (fcn_jax.steps) on the reference reci
 configs/default.py (summed loss, SGD with momentum and the reference's parameter groups);
 the eval step is the forward pass, the argmax and the confusion matrix. The PyTorch worker
 runs tools/torch_reference.py (the model behind the parity fixtures) with the same
-optimiser, or forward, argmax and bincount. PYTHON is an interpreter that has torch; fcn-jax
-itself never needs it.
+optimiser, or forward, argmax and bincount. PYTHON is an interpreter that has torch
+(default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never needs it.
 
 Columns: median seconds per step and images per second; GFLOP per step as executed (fcn-jax
 skips most of the padding frame, fcn_jax.frame; PyTorch runs the reference's count, printed
@@ -359,7 +359,11 @@ def main() -> None:
     parser.add_argument("--batch", type=_positive_int, default=1)
     parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per framework")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--torch-python", help="interpreter with torch, for the side-by-side run")
+    parser.add_argument(
+        "--torch-python",
+        default=os.environ.get("FCN_TORCH_PYTHON"),
+        help="interpreter with torch, for the side-by-side run (default: $FCN_TORCH_PYTHON)",
+    )
     # Worker-only arguments (one case each).
     for name, kind in (("model", str), ("height", int), ("width", int), ("mode", str)):
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)

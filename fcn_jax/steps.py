@@ -126,32 +126,51 @@ def train_step(
     if grad_accum_steps == 1:
         (loss, valid), grads = grad_fn(state.params, state, batch, rng)
     else:
-        # Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
-        micro = jax.tree.map(
-            lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-
-        def accumulate(carry, inputs):
-            index, micro_batch = inputs
-            (loss, valid), grads = grad_fn(
-                state.params, state, micro_batch, jax.random.fold_in(rng, index)
-            )
-            return jax.tree.map(jnp.add, carry, (loss, valid, grads)), None
-
-        zeros = (
-            jnp.zeros(()),
-            jnp.zeros((), jnp.int32),
-            jax.tree.map(jnp.zeros_like, state.params),
-        )
-        (loss, valid, grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
-        )
-        loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+        loss, valid, grads = _accumulate(grad_fn, state, batch, rng, reduction, grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )
     return new_state, {"loss": loss, "valid_pixels": valid}
+
+
+def _accumulate(
+    grad_fn: Callable,
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    reduction: str,
+    num_micro: int,
+) -> tuple[jax.Array, jax.Array, Any]:
+    """(loss, valid pixels, gradients) of `batch` from `num_micro` micro-batches, as one batch.
+
+    Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
+    'sum' divides by the images, equally many in each micro-batch, so the big batch's value
+    is the micro-batches' average. 'mean' divides by the valid pixels, which differ between
+    micro-batches (void, canvas padding): each micro-batch's mean is weighted by its count,
+    which sums the micro-batches' sums, and the total is divided once by all valid pixels.
+    """
+    micro = jax.tree.map(lambda x: x.reshape(-1, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def add(carry, inputs):
+        index, micro_batch = inputs
+        (loss, valid), grads = grad_fn(
+            state.params, state, micro_batch, jax.random.fold_in(rng, index)
+        )
+        weight = valid.astype(jnp.float32) if reduction == "mean" else jnp.ones(())
+        weighted = jax.tree.map(lambda x: weight * x, (loss, grads))
+        return jax.tree.map(jnp.add, carry, (weighted, valid, weight)), None
+
+    zeros = (
+        (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params)),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros(()),
+    )
+    ((loss, grads), valid, total_weight), _ = jax.lax.scan(
+        add, zeros, (jnp.arange(num_micro), micro)
+    )
+    loss, grads = jax.tree.map(lambda x: x / jnp.maximum(total_weight, 1.0), (loss, grads))
+    return loss, valid, grads
 
 
 def eval_step(

@@ -21,6 +21,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from fcn_jax import checkpoint, input_pipeline, losses, models, optim, steps, visualize, weights
+from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- configuration
 
@@ -68,12 +69,12 @@ def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng:
         return models.init_variables(model, rng)
     path = init.path
     if init.kind == "vgg16":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_vgg16(
             path, config.model, model.num_classes, width=config.width, **options
         )
     if init.kind == "pytorch_fcn":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_pytorch_fcn(path, config.model, width=config.width, **options)
     # "stage": a trained coarser FCN, from one of our workdirs or a pytorch-fcn file (§3.1).
     if path is None:

@@ -5,7 +5,8 @@ existing implementation. Layout is NCHW as in Caffe / PyTorch; module and parame
 the reference ones, so `state_dict()` has exactly the keys of §6.3 (e.g. `conv1_1.weight`,
 `score_fr.bias`, `upscore2.weight`) and loads published `*_from_caffe.pth` files directly.
 
-Developer tool only: needs torch (use /work/venv-torch). The fcn_jax library never imports it.
+Developer tool only: needs torch (the interpreter `FCN_TORCH_PYTHON` of docs/development.md).
+The fcn_jax library never imports it.
 
 Example:
     model = build_model("fcn8s", num_classes=21).eval()
