@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fcn_jax import train  # noqa: E402
+from fcn_jax import evaluation, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -48,10 +48,10 @@ def main(argv):
     if FLAGS.mode == "train":
         scores = train.train_and_evaluate(config, workdir)
     elif FLAGS.mode == "eval":
-        scores = train.evaluate_model(config, workdir, FLAGS.weights, FLAGS.split)
+        scores = evaluation.evaluate_model(config, workdir, FLAGS.weights, FLAGS.split)
     else:
         output_dir = FLAGS.output_dir or os.path.join(workdir, "predict")
-        files = train.predict(config, workdir, FLAGS.weights, FLAGS.inputs, output_dir)
+        files = evaluation.predict_images(config, workdir, FLAGS.weights, FLAGS.inputs, output_dir)
         print(f"wrote {len(files)} files to {output_dir}")
         return
     print(f"final {config.dataset.eval_split} mean IoU: {scores['mean_iou']:.4f}")

@@ -6,10 +6,7 @@ A save interrupted by SIGKILL leaves a `*.orbax-checkpoint-tmp` folder that the 
 ignores (and removes when it next opens), so a restart resumes from the last complete step.
 """
 
-import contextlib
 import math
-import signal
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -102,29 +99,3 @@ def restore_variables(workdir: str) -> dict:
         f"no checkpoint in {workdir} (looked in best/ and checkpoints/); train there first "
         "or give a weights file"
     )
-
-
-class SigtermFlag:
-    """Set when SIGTERM arrives; the train loop checks it between steps."""
-
-    received = False
-
-
-@contextlib.contextmanager
-def sigterm_flag() -> Iterator[SigtermFlag]:
-    """Catches SIGTERM (a preempted VM) for the duration; restores the old handler after.
-
-    The handler only sets a flag: saving from inside a signal handler could catch the train
-    state between a donated step input and its output.
-    """
-    flag = SigtermFlag()
-
-    def handler(signum, frame):
-        del signum, frame
-        flag.received = True
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -13,6 +13,7 @@ Evaluation covers every example of the split once: the last batch is filled with
 examples whose `mask` entry is False and whose labels are all void.
 """
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -92,6 +93,31 @@ def _builder(
 def num_examples(config: ml_collections.ConfigDict, split: str, name: str | None = None) -> int:
     """The number of examples in the whole `split` (all processes) of dataset `name`."""
     return _builder(config, name).info.splits[split].num_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """What an evaluation reads: dataset `name`, its `split`, and the batches per process."""
+
+    name: str
+    split: str
+    num_batches: int
+
+
+def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> EvalData:
+    """The one place that picks the eval dataset and counts its (padded) batches.
+
+    Args:
+      config: reads `dataset.eval_name` (default `dataset.name`: the reference trains on SBD,
+        evaluates on VOC), `dataset.eval_split` and `eval_batch_size`.
+      split: defaults to `config.dataset.eval_split`.
+    """
+    split = split or config.dataset.eval_split
+    name = config.dataset.get("eval_name") or config.dataset.name
+    total = num_examples(config, split, name)
+    # Each process pads its share to the largest share, rounded up to whole local batches:
+    # ceil(ceil(total / P) / (B / P)) == ceil(total / B).
+    return EvalData(name, split, math.ceil(total / config.eval_batch_size))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -237,25 +263,23 @@ def create_eval_iterator(
 
     Args:
       config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
-      split: defaults to `config.dataset.eval_split`, of dataset `config.dataset.eval_name`
-        (default `config.dataset.name`: the reference trains on SBD, evaluates on VOC).
+      split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
     Yields:
       {'image', 'label' as for training, 'mask': bool (B,)}; the last batch is padded with
-      empty examples (mask False, label all void). Every process yields the same number of
-      batches.
+      empty examples (mask False, label all void). Every process yields
+      `eval_data(config, split).num_batches` batches.
     """
     validate_config(config)
-    split = split or config.dataset.eval_split
-    builder = _builder(config, config.dataset.get("eval_name") or config.dataset.name)
+    data = eval_data(config, split)
+    builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
     batch = _local_batch(config.eval_batch_size)
-    ds = _dataset(builder, split).map(
+    ds = _dataset(builder, data.split).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )
-    local = builder.info.splits[tfds.split_for_jax_process(split)].num_examples
-    largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
-    padded = math.ceil(largest_share / batch) * batch
+    local = builder.info.splits[tfds.split_for_jax_process(data.split)].num_examples
+    padded = data.num_batches * batch
     canvas = tuple(config.dataset.canvas_size)
     empty = {
         "image": tf.zeros((*canvas, 3), tf.float32),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_jax import train
+from fcn_jax import evaluation, train
 from tests.helpers import tiny_config
 
 
@@ -16,7 +16,7 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir)
     for name, size in [("a.jpg", (50, 70)), ("b.png", (33, 41))]:
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(photos / name)
     out = tmp_path / "out"
-    written = train.predict(config, str(workdir), None, [str(photos)], str(out))
+    written = evaluation.predict_images(config, str(workdir), None, [str(photos)], str(out))
     assert sorted(p.name for p in written) == [
         "a_mask.png",
         "a_overlay.png",
@@ -28,4 +28,4 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir)
     assert np.asarray(mask).max() < 5
     assert Image.open(out / "b_overlay.png").size == (2 * 41, 33)
     with pytest.raises(FileNotFoundError, match="no image"):
-        train.predict(config, str(workdir), None, [str(tmp_path / "*.tif")], str(out))
+        evaluation.predict_images(config, str(workdir), None, [str(tmp_path / "*.tif")], str(out))

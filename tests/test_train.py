@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fcn_jax import train
+from fcn_jax import config_checks, evaluation, train
 from tests.helpers import tiny_config
 
 
@@ -72,7 +72,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_good_checkpoints(synthetic_data_
 
 def test_evaluate_model_from_workdir(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
-    again = train.evaluate_model(tiny_config(synthetic_data_dir), workdir)
+    again = evaluation.evaluate_model(tiny_config(synthetic_data_dir), workdir)
     # The best checkpoint is the step-4 model, evaluated on the same split.
     np.testing.assert_allclose(again["mean_iou"], scores["mean_iou"], rtol=1e-6)
     last = json.loads(pathlib.Path(workdir, "eval_results.jsonl").read_text().splitlines()[-1])
@@ -83,7 +83,7 @@ def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
         train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
     with pytest.raises(ValueError, match="grad_accum_steps"):
-        train.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
+        config_checks.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
