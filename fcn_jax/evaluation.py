@@ -6,7 +6,9 @@ batches; `log_scores` logs it and appends it to WORKDIR/eval_results.jsonl.
 """
 
 import json
+import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -54,7 +56,11 @@ def _local_rows(array: jax.Array) -> np.ndarray:
 
 
 def log_scores(step: int, split: str, scores: dict, class_names: list[str], workdir: str) -> None:
-    """Logs a per-class IoU table and appends a JSON line to WORKDIR/eval_results.jsonl."""
+    """Logs a per-class IoU table and appends a JSON line to WORKDIR/eval_results.jsonl.
+
+    A NaN score (a class absent from both labels and predictions) is written as `null`, which
+    strict JSON readers accept; `read_scores` turns it back into NaN.
+    """
     rows = [
         f"{name:>14s} {iou:7.2%}"
         for name, iou in zip(class_names, scores["per_class_iou"], strict=True)
@@ -65,9 +71,35 @@ def log_scores(step: int, split: str, scores: dict, class_names: list[str], work
         scores["fw_iou"], "\n".join(rows),
     )  # fmt: skip
     if jax.process_index() == 0:
-        record = {"step": int(step), "split": split, **scores}
+        record = _nan_to_none({"step": int(step), "split": split, **scores})
         with (epath.Path(workdir) / "eval_results.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def read_scores(workdir: str) -> list[dict]:
+    """The records of WORKDIR/eval_results.jsonl, oldest first (`null` scores as NaN)."""
+    path = epath.Path(workdir) / "eval_results.jsonl"
+    if not path.exists():
+        return []
+    return [_none_to_nan(json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _none_to_nan(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _none_to_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return math.nan if value is None else value
 
 
 def load_variables(

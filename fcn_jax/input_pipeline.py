@@ -7,13 +7,16 @@ Batches have static shapes for `jax.jit`: every image is placed top-left on a fi
 Train batches are deterministic given `config.seed` and can start at any step: examples are
 shuffled as serialized records, numbered, and skipped before any decoding; each example's
 augmentation draws from a stateless generator seeded by (seed, example number). A resumed run
-therefore sees exactly the examples an uninterrupted one would.
+therefore sees exactly the examples an uninterrupted one would. Every process reads the same
+global stream and keeps its rows of each global batch, so the batches and the augmentation
+seeds (numbered globally) are the same whatever the number of processes.
 
 Evaluation covers every example of the split once: the last batch is filled with empty
 examples whose `mask` entry is False and whose labels are all void.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
 from fcn_jax.losses import VOID
@@ -57,6 +61,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
             "need 0 < min_scale <= max_scale"
         )
+    if data.augment and data.max_scale > 1 and not data.random_crop:
+        raise ValueError(
+            f"config.dataset.max_scale={data.max_scale} with augment=True can scale an image "
+            f"past the canvas {canvas} and stop training: set config.dataset.random_crop=True "
+            "(crops each scaled image to the canvas) or max_scale <= 1"
+        )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
 
@@ -82,12 +92,27 @@ def _builder(
     config: ml_collections.ConfigDict, name: str | None = None
 ) -> tfds.core.DatasetBuilder:
     """The TFDS builder `name` (default `config.dataset.name`), prepared on first use."""
-    builder = tfds.builder(name or config.dataset.name, data_dir=config.dataset.data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.dataset.manual_dir),
-        )
-    return builder
+    data = config.dataset
+    name = name or data.name
+    _prepare_once(name, data.data_dir, data.manual_dir)
+    return tfds.builder(name, data_dir=data.data_dir)
+
+
+@functools.cache
+def _prepare_once(name: str, data_dir: str | None, manual_dir: str | None) -> None:
+    """Builds dataset `name` if it is missing: process 0 builds while the others wait.
+
+    The first use of each dataset is a barrier of all processes, so nobody races on a shared
+    `data_dir` or reads a half-built dataset.
+    """
+    if jax.process_index() == 0:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"fcn_jax: dataset {name} in {data_dir} prepared")
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str, name: str | None = None) -> int:
@@ -205,14 +230,22 @@ def _train_example_fn(config: ml_collections.ConfigDict, decoder):
 
 
 def _dataset(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-    """This process's share of `split`, images still encoded, in a fixed order."""
+    """`split` (a TFDS split spec), images still encoded, in a fixed order."""
     options = tf.data.Options()
     options.deterministic = True
     return builder.as_dataset(
-        split=tfds.split_for_jax_process(split),
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
     ).with_options(options)
+
+
+def _this_process_rows(ds: tf.data.Dataset, global_batch: int) -> tf.data.Dataset:
+    """Keeps this process's rows of each global batch of a numbered stream of examples.
+
+    Every process reads the same global stream, so a global batch is the same whatever the
+    process count, and an example's number (its augmentation seed) is global.
+    """
+    local, process = _local_batch(global_batch), jax.process_index()
+    return ds.filter(lambda index, _: (index % global_batch) // local == process)
 
 
 def _local_batch(global_batch: int) -> int:
@@ -235,10 +268,11 @@ def create_train_iterator(
     validate_config(config)
     builder = _builder(config)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.batch_size)
     ds = _dataset(builder, config.dataset.train_split)
     ds = ds.shuffle(config.dataset.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().enumerate().skip(start_step * batch)
+    ds = ds.repeat().enumerate().skip(start_step * config.batch_size)
+    ds = _this_process_rows(ds, config.batch_size)
+    batch = _local_batch(config.batch_size)
     ds = ds.map(_train_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
@@ -275,7 +309,7 @@ def create_eval_iterator(
     builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
     batch = _local_batch(config.eval_batch_size)
-    ds = _dataset(builder, data.split).map(
+    ds = _dataset(builder, tfds.split_for_jax_process(data.split)).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )
     local = builder.info.splits[tfds.split_for_jax_process(data.split)].num_examples

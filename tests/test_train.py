@@ -10,13 +10,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fcn_jax import config_checks, evaluation, train
+from fcn_jax import config_checks, evaluation, input_pipeline, train
 from tests.helpers import tiny_config
 
 
 def _params(workdir):
     manager = ocp.CheckpointManager(f"{workdir}/checkpoints")
-    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    state = manager.restore(manager.latest_step(), args=args).state
     return manager.latest_step(), state["params"]
 
 
@@ -84,6 +85,40 @@ def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
         train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
     with pytest.raises(ValueError, match="grad_accum_steps"):
         config_checks.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
+    # Scaling up without cropping could overflow the canvas mid-training.
+    overflow = tiny_config(synthetic_data_dir, **{"dataset.max_scale": 2.0})
+    with pytest.raises(ValueError, match=r"max_scale=2.0 .*random_crop=True"):
+        config_checks.validate_config(overflow)
+    overflow.dataset.random_crop = True
+    config_checks.validate_config(overflow)
+
+
+def test_resume_refuses_a_changed_data_stream(trained_workdir, synthetic_data_dir):
+    workdir, _ = trained_workdir
+    changed = tiny_config(synthetic_data_dir, batch_size=8, num_train_steps=6)
+    with pytest.raises(ValueError, match=r"config.batch_size=4; this run has 8"):
+        train.train_and_evaluate(changed, workdir)
+
+
+def test_rerun_of_a_finished_workdir_returns_its_final_scores(trained_workdir, synthetic_data_dir):
+    workdir, scores = trained_workdir
+    lines_before = pathlib.Path(workdir, "eval_results.jsonl").read_text()
+    again = train.train_and_evaluate(tiny_config(synthetic_data_dir), workdir)
+    assert again["mean_iou"] == scores["mean_iou"] and again["step"] == 4
+    assert pathlib.Path(workdir, "eval_results.jsonl").read_text() == lines_before
+
+
+def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
+    config = tiny_config(synthetic_data_dir)
+    trainer = train.Trainer(config, str(tmp_path))
+    batches = train.prefetch_to_device(input_pipeline.create_train_iterator(config), trainer.mesh)
+    trainer.step(next(batches))  # compiles
+    # Between log steps the loop only dispatches: any device-to-host (or implicit
+    # host-to-device) transfer would raise here.
+    with jax.transfer_guard("disallow"):
+        for _ in range(3):
+            trainer.step(next(batches))
+    assert int(trainer.state.step) == 4 and bool(trainer.health["finite"])
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
