@@ -10,12 +10,16 @@ of the bytes of float32) and are normalised on the device (`fcn_jax.preprocessin
 Train batches are deterministic given `config.seed` and can start at any step: examples are
 shuffled as serialized records, numbered, and skipped before any decoding; each example's
 augmentation draws from a stateless generator seeded by (seed, example number). A resumed run
-therefore sees exactly the examples an uninterrupted one would.
+therefore sees exactly the examples an uninterrupted one would. Every process reads the same
+global stream and keeps its rows of each global batch, so the batches and the augmentation
+seeds (numbered globally) are the same whatever the number of processes.
 
 Evaluation covers every example of the split once: the last batch is filled with empty
 examples whose `mask` entry is False, whose labels are all void and whose size is 0 x 0.
 """
 
+import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -24,6 +28,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
 from fcn_jax.losses import VOID
@@ -52,6 +57,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
             "need 0 < min_scale <= max_scale"
         )
+    if data.augment and data.max_scale > 1 and not data.random_crop:
+        raise ValueError(
+            f"config.dataset.max_scale={data.max_scale} with augment=True can scale an image "
+            f"past the canvas {canvas} and stop training: set config.dataset.random_crop=True "
+            "(crops each scaled image to the canvas) or max_scale <= 1"
+        )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
 
@@ -60,17 +71,57 @@ def _builder(
     config: ml_collections.ConfigDict, name: str | None = None
 ) -> tfds.core.DatasetBuilder:
     """The TFDS builder `name` (default `config.dataset.name`), prepared on first use."""
-    builder = tfds.builder(name or config.dataset.name, data_dir=config.dataset.data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.dataset.manual_dir),
-        )
-    return builder
+    data = config.dataset
+    name = name or data.name
+    _prepare_once(name, data.data_dir, data.manual_dir)
+    return tfds.builder(name, data_dir=data.data_dir)
+
+
+@functools.cache
+def _prepare_once(name: str, data_dir: str | None, manual_dir: str | None) -> None:
+    """Builds dataset `name` if it is missing: process 0 builds while the others wait.
+
+    The first use of each dataset is a barrier of all processes, so nobody races on a shared
+    `data_dir` or reads a half-built dataset.
+    """
+    if jax.process_index() == 0:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"fcn_jax: dataset {name} in {data_dir} prepared")
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str, name: str | None = None) -> int:
     """The number of examples in the whole `split` (all processes) of dataset `name`."""
     return _builder(config, name).info.splits[split].num_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """What an evaluation reads: dataset `name`, its `split`, and the batches per process."""
+
+    name: str
+    split: str
+    num_batches: int
+
+
+def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> EvalData:
+    """The one place that picks the eval dataset and counts its (padded) batches.
+
+    Args:
+      config: reads `dataset.eval_name` (default `dataset.name`: the reference trains on SBD,
+        evaluates on VOC), `dataset.eval_split` and `eval_batch_size`.
+      split: defaults to `config.dataset.eval_split`.
+    """
+    split = split or config.dataset.eval_split
+    name = config.dataset.get("eval_name") or config.dataset.name
+    total = num_examples(config, split, name)
+    # Each process pads its share to the largest share, rounded up to whole local batches:
+    # ceil(ceil(total / P) / (B / P)) == ceil(total / B).
+    return EvalData(name, split, math.ceil(total / config.eval_batch_size))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -158,14 +209,22 @@ def _train_example_fn(config: ml_collections.ConfigDict, decoder):
 
 
 def _dataset(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-    """This process's share of `split`, images still encoded, in a fixed order."""
+    """`split` (a TFDS split spec), images still encoded, in a fixed order."""
     options = tf.data.Options()
     options.deterministic = True
     return builder.as_dataset(
-        split=tfds.split_for_jax_process(split),
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
     ).with_options(options)
+
+
+def _this_process_rows(ds: tf.data.Dataset, global_batch: int) -> tf.data.Dataset:
+    """Keeps this process's rows of each global batch of a numbered stream of examples.
+
+    Every process reads the same global stream, so a global batch is the same whatever the
+    process count, and an example's number (its augmentation seed) is global.
+    """
+    local, process = _local_batch(global_batch), jax.process_index()
+    return ds.filter(lambda index, _: (index % global_batch) // local == process)
 
 
 def _local_batch(global_batch: int) -> int:
@@ -189,10 +248,11 @@ def create_train_iterator(
     validate_config(config)
     builder = _builder(config)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.batch_size)
     ds = _dataset(builder, config.dataset.train_split)
     ds = ds.shuffle(config.dataset.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().enumerate().skip(start_step * batch)
+    ds = ds.repeat().enumerate().skip(start_step * config.batch_size)
+    ds = _this_process_rows(ds, config.batch_size)
+    batch = _local_batch(config.batch_size)
     ds = ds.map(_train_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
@@ -216,25 +276,23 @@ def create_eval_iterator(
 
     Args:
       config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
-      split: defaults to `config.dataset.eval_split`, of dataset `config.dataset.eval_name`
-        (default `config.dataset.name`: the reference trains on SBD, evaluates on VOC).
+      split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
     Yields:
       {'image', 'label', 'size' as for training, 'mask': bool (B,)}; the last batch is padded
-      with empty examples (mask False, label all void, size 0 x 0). Every process yields the
-      same number of batches.
+      with empty examples (mask False, label all void, size 0 x 0). Every process yields
+      `eval_data(config, split).num_batches` batches.
     """
     validate_config(config)
-    split = split or config.dataset.eval_split
-    builder = _builder(config, config.dataset.get("eval_name") or config.dataset.name)
+    data = eval_data(config, split)
+    builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
     batch = _local_batch(config.eval_batch_size)
-    ds = _dataset(builder, split).map(
+    ds = _dataset(builder, tfds.split_for_jax_process(data.split)).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )
-    local = builder.info.splits[tfds.split_for_jax_process(split)].num_examples
-    largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
-    padded = math.ceil(largest_share / batch) * batch
+    local = builder.info.splits[tfds.split_for_jax_process(data.split)].num_examples
+    padded = data.num_batches * batch
     canvas = tuple(config.dataset.canvas_size)
     empty = {
         "image": tf.zeros((*canvas, 3), tf.uint8),

@@ -4,7 +4,7 @@ import pathlib
 import jax
 import pytest
 
-from fcn_jax import train
+from fcn_jax import config_checks
 
 CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py") if p.stem != "__init__")
 
@@ -19,7 +19,7 @@ def test_config_loads_and_validates(name, synthetic_data_dir):
     # The reference batch is 1 image; the test machine simulates 4 devices.
     config.batch_size = config.eval_batch_size = jax.device_count()
     config.dataset.data_dir = synthetic_data_dir
-    train.validate_config(config)
+    config_checks.validate_config(config)
     assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 
 

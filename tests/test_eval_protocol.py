@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fcn_jax import checkpoint, metrics, preprocessing, steps, train
+from fcn_jax import checkpoint, evaluation, metrics, preprocessing, steps, train
 from tests.helpers import tiny_config
 
 
@@ -28,7 +28,7 @@ def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(tmp_path, synthe
     config = tiny_config(synthetic_data_dir, num_train_steps=6, eval_every_steps=6)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
-    scores = train.evaluate_model(config, workdir)
+    scores = evaluation.evaluate_model(config, workdir)
     model = steps.create_model(config, 5)
     want = _own_size_scores(config, checkpoint.restore_variables(workdir), model)
     assert 0.05 < want["mean_iou"] < 0.95  # a model that predicts more than one class
