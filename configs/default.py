@@ -48,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.seed = 1337  # the reference's seed (§4.3)
     config.batch_size = 1  # global; one image per step (§4.1)
-    config.eval_batch_size = 1
+    # None: the train batch rounded up to a multiple of the device count
+    # (fcn_jax.input_pipeline.eval_batch_size).
+    config.eval_batch_size = ml_collections.config_dict.placeholder(int)
     config.grad_accum_steps = 1  # micro-batches per step (Caffe's iter_size)
     config.loss_reduction = "sum"  # summed over valid pixels (§4.2); "mean" normalises
 

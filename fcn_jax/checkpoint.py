@@ -22,7 +22,7 @@ class Checkpoints:
     """The two checkpoint managers of a workdir."""
 
     def __init__(self, workdir: str, max_to_keep: int):
-        root = epath.Path(workdir)
+        root = _absolute(workdir)
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(
@@ -79,6 +79,12 @@ class Checkpoints:
         self.best.close()
 
 
+def _absolute(workdir: str) -> epath.Path:
+    """`workdir` as an absolute path (orbax refuses relative ones); gs:// paths are already."""
+    root = epath.Path(workdir)
+    return root if root.is_absolute() else root.absolute()
+
+
 def _best_options(create: bool) -> ocp.CheckpointManagerOptions:
     """Keep one checkpoint: the highest mean IoU."""
     return ocp.CheckpointManagerOptions(
@@ -96,7 +102,7 @@ def restore_variables(workdir: str) -> dict:
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
     """
-    root = epath.Path(workdir)
+    root = _absolute(workdir)
     for sub in ("best", "checkpoints"):
         if not (root / sub).exists():
             continue

@@ -45,8 +45,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     canvas = tuple(data.canvas_size)
     if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
         raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
-    for field in ("batch_size", "eval_batch_size"):
-        value = config[field]
+    for field, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", eval_batch_size(config)),
+    ):
         if value < 1 or value % jax.device_count() or value % jax.process_count():
             raise ValueError(
                 f"config.{field}={value} must be a positive multiple of the device count "
@@ -65,6 +67,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global eval batch size, from one place for the pipeline, validation and the loop.
+
+    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
+    multiple of the device count, which is valid on any host.
+    """
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return -(-config.batch_size // jax.device_count()) * jax.device_count()
 
 
 def _builder(
@@ -121,7 +134,7 @@ def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> Ev
     total = num_examples(config, split, name)
     # Each process pads its share to the largest share, rounded up to whole local batches:
     # ceil(ceil(total / P) / (B / P)) == ceil(total / B).
-    return EvalData(name, split, math.ceil(total / config.eval_batch_size))
+    return EvalData(name, split, math.ceil(total / eval_batch_size(config)))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -275,7 +288,8 @@ def create_eval_iterator(
     """One pass over this process's share of `split`, every example exactly once.
 
     Args:
-      config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
+      config: see `validate_config`; reads `eval_batch_size` (see `eval_batch_size`),
+        `batch_size` and `dataset.*`.
       split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
     Yields:
@@ -287,7 +301,7 @@ def create_eval_iterator(
     data = eval_data(config, split)
     builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.eval_batch_size)
+    batch = _local_batch(eval_batch_size(config))
     ds = _dataset(builder, tfds.split_for_jax_process(data.split)).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )

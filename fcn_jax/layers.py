@@ -168,14 +168,22 @@ def _matmul_grads_bwd(padding, precision, residuals, grad):
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
     patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
-    dkernel = jnp.einsum("nhwti,nhwo->tio", patches, grad, precision=precision)
-    dkernel = dkernel.reshape(kernel.shape)
+    # Both products and the col2im sum accumulate in float32 and are cast once at the end, so
+    # that a bfloat16 gradient is as accurate as XLA's own (fc6 sums 49 slabs per pixel).
+    f32 = jnp.float32
+    dkernel = jnp.einsum(
+        "nhwti,nhwo->tio", patches, grad, precision=precision, preferred_element_type=f32
+    )
     # Input gradient: kernel @ output_grad^T gives every tap's contribution, summed back into
     # place (col2im). Written with the kernel first, XLA reads it in its stored layout; the
     # other way round it transposes fc6's 411 MB kernel every step. XLA drops this branch
     # when nobody asks for it (conv1_1's input).
     cols = jnp.einsum(
-        "tio,nhwo->tinhw", kernel.reshape(kh * kw, c_in, c_out), grad, precision=precision
+        "tio,nhwo->tinhw",
+        kernel.reshape(kh * kw, c_in, c_out),
+        grad,
+        precision=precision,
+        preferred_element_type=f32,
     )
     dpadded = sum(
         jnp.pad(cols[t].transpose(1, 2, 3, 0), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
@@ -183,7 +191,7 @@ def _matmul_grads_bwd(padding, precision, residuals, grad):
     )
     (top, _), (left, _) = padding
     dx = dpadded[:, top : top + x.shape[1], left : left + x.shape[2]]
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+    return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _conv_matmul_grads.defvjp(_matmul_grads_fwd, _matmul_grads_bwd)

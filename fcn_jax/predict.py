@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcn_jax import models, preprocessing, visualize
+from fcn_jax import input_pipeline, models, preprocessing, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 16.7 megapixels: far above VOC's 500x500, and at full width already several GB of activations.
@@ -138,7 +138,7 @@ def predict_files(
 ) -> list[epath.Path]:
     """Segments each image as the reference does, alone at its own size.
 
-    Images are batched (`config.eval_batch_size` at a time) on a canvas per size bucket
+    Images are batched (the eval batch size at a time) on a canvas per size bucket
     (`bucket_canvas`) with their sizes, which gives each image the logits of its own-size
     run while one compiled forward pass serves a whole bucket.
 
@@ -160,7 +160,8 @@ def predict_files(
     # On the device once: on a GPU or TPU, host arrays (a converted .pth) would otherwise be
     # copied there again for every batch, 537 MB each time at full width.
     variables = jax.device_put(variables)
-    largest, batch_size = tuple(config.dataset.canvas_size), config.eval_batch_size
+    largest = tuple(config.dataset.canvas_size)
+    batch_size = input_pipeline.eval_batch_size(config)
     pending: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
     written, failures = [], []
 

@@ -17,7 +17,7 @@ def test_every_config_file_is_listed():
 def test_config_loads_and_validates(name, synthetic_data_dir):
     config = importlib.import_module(f"configs.{name}").get_config()
     # The reference batch is 1 image; the test machine simulates 4 devices.
-    config.batch_size = config.eval_batch_size = jax.device_count()
+    config.batch_size = jax.device_count()  # eval_batch_size: None or a multiple of it
     config.dataset.data_dir = synthetic_data_dir
     config_checks.validate_config(config)
     assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")

@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -114,3 +115,12 @@ def test_sizes_follow_scaling_cropping_and_flipping(synthetic_data_dir):
         assert np.all(image[h:] == 0) and np.all(label[h:] == 255)
         assert np.all(image[:, w:] == 0) and np.all(label[:, w:] == 255)
         assert np.any(label[:h, :w] != 255)
+
+
+@pytest.mark.parametrize(
+    "batch, explicit, want", [(1, None, 4), (4, None, 4), (5, None, 8), (1, 12, 12)]
+)
+def test_eval_batch_defaults_to_the_train_batch_rounded_to_the_devices(batch, explicit, want):
+    config = tiny_config("unused", batch_size=batch, eval_batch_size=explicit)
+    assert jax.device_count() == 4  # tests/conftest.py
+    assert input_pipeline.eval_batch_size(config) == want
