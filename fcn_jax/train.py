@@ -29,6 +29,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every config field before anything compiles; ValueError names the field."""
     if config.model not in models.MODELS:
         raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
+    models.get_model(config.model, 1, config.model_geometry)  # ValueError names the problem
     if config.compute_dtype not in steps.DTYPES:
         raise ValueError(
             f"config.compute_dtype={config.compute_dtype!r}: use one of {list(steps.DTYPES)}"
@@ -63,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array) -> dict:
     """The variables training starts from, as `config.init` says (§3)."""
     init = config.init
-    options = dict(learnable_upsampling=config.learnable_upsampling)
+    options = dict(learnable_upsampling=config.learnable_upsampling, geometry=config.model_geometry)
     if init.kind == "random":
         return models.init_variables(model, rng)
     path = init.path
@@ -88,7 +89,11 @@ def load_variables(
     """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
     if str(path).endswith((".pth", ".pt", ".tar")):
         return weights.load_pytorch_fcn(
-            path, model_name, width=config.width, learnable_upsampling=config.learnable_upsampling
+            path,
+            model_name,
+            width=config.width,
+            learnable_upsampling=config.learnable_upsampling,
+            geometry=config.model_geometry,
         )
     return checkpoint.restore_variables(path)
 
