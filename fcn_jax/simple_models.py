@@ -42,12 +42,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax import models
+from fcn_jax import fast_paths, models
 from fcn_jax.layers import SubpixelConvTranspose
 
 # Every side is padded to a multiple of this: the output stride of pool5.
 MULTIPLE = 32
-FAST_PATHS = ("auto", "all", "none")
 # Layers VGG16 cannot initialise in this geometry: its fc6 is a 7x7 layer (25088 inputs), and
 # its fc7 expects that fc6's features. They start from He (Kaiming) normal, variance
 # 2 / fan-in, the initialiser made for layers followed by a ReLU (He et al., 2015): it keeps
@@ -92,11 +91,11 @@ class SimpleFCN(nn.Module):
       learnable_upsampling: train the deconvolution kernels; when False (the default) they
         live in the `upsampling` collection and stay bilinear.
       dtype: compute dtype; parameters and the returned logits stay float32.
-      fast_paths: 'auto' | 'all' | 'none', as for `fcn_jax.models.FCN`. This geometry has
-        only one trick: the deconvolutions as sub-pixel convolutions
-        (`fcn_jax.layers.SubpixelConvTranspose`, the same values as `nn.ConvTranspose` without
-        multiplying the zeros a strided transposed convolution inserts); 'none' runs the
-        plain `nn.ConvTranspose`.
+      fast_paths: 'auto' | 'all' | 'none' (`fcn_jax.fast_paths`). Of its tricks only
+        'subpixel' applies to this geometry: the deconvolutions as sub-pixel convolutions
+        (`fcn_jax.layers.SubpixelConvTranspose`, the same values as `nn.ConvTranspose`
+        without multiplying the zeros a strided transposed convolution inserts). Otherwise
+        the plain `nn.ConvTranspose` runs.
     """
 
     num_classes: int = 21
@@ -155,7 +154,7 @@ class SimpleFCN(nn.Module):
           extents: the examples' padded extents in input pixels, or None.
           stride: the stride of `x`.
         """
-        subpixel = self.fast_paths != "none"
+        subpixel = fast_paths.enabled(self.fast_paths, "subpixel")
         if self.learnable_upsampling:
             cls = SubpixelConvTranspose if subpixel else nn.ConvTranspose
         else:
@@ -195,8 +194,7 @@ class SimpleFCN(nn.Module):
         """
         if self.stride not in (8, 16, 32):
             raise ValueError(f"SimpleFCN stride must be 8, 16 or 32, got {self.stride}")
-        if self.fast_paths not in FAST_PATHS:
-            raise ValueError(f"fast_paths must be one of {FAST_PATHS}, got {self.fast_paths!r}")
+        fast_paths.check_option(self.fast_paths)
         height, width = images.shape[1:3]
         x = images.astype(self.dtype)
         x = jnp.pad(
@@ -256,6 +254,5 @@ def get_model(name: str, num_classes: int = 21, **options: Any) -> SimpleFCN:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if options.get("width", 1.0) <= 0:
         raise ValueError(f"width must be > 0, got {options['width']}")
-    if options.get("fast_paths", "auto") not in FAST_PATHS:
-        raise ValueError(f"fast_paths must be one of {FAST_PATHS}, got {options['fast_paths']!r}")
+    fast_paths.check_option(options.get("fast_paths", "auto"))
     return MODELS[name](num_classes=num_classes, **options)

@@ -68,7 +68,7 @@ def random_variables(model, shape=(1, 64, 64, 3), seed=0) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_paths", ["auto", "none"])
+@pytest.mark.parametrize("fast_paths", ["all", "none"])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_parity_with_pytorch_simple_model(name, fast_paths):
     expected = np.load(DATA / f"simple_{name}_random_logits.npy")
