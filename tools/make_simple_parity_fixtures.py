@@ -1,8 +1,9 @@
 """Writes the PyTorch parity fixtures of the course-notes geometry (tests/test_simple_models.py).
 
-Run once with an interpreter that has torch (the test suite itself never needs torch):
+Run from the repository root with an interpreter that has torch (the test suite itself never
+needs torch); docs/development.md says how to set `FCN_TORCH_PYTHON`:
 
-    PYTHON tools/make_simple_parity_fixtures.py
+    "$FCN_TORCH_PYTHON" tools/make_simple_parity_fixtures.py
 
 Output, in tests/testdata/parity/ (all small: width 1/64, 5 classes), next to the reference
 geometry's fixtures of tools/make_parity_fixtures.py, which it leaves alone:

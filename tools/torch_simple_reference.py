@@ -16,7 +16,8 @@ No pad 100, no crops: the logits are H x W for H, W multiples of 32. Names are t
 tools/torch_reference.py, so `state_dict()` loads with
 `fcn_jax.weights.load_pytorch_fcn(path, name, geometry="simple")`.
 
-Developer tool only: needs torch. The fcn_jax library never imports it.
+Developer tool only: needs torch (an interpreter of its own, `FCN_TORCH_PYTHON` in
+docs/development.md). The fcn_jax library never imports it.
 
 Example:
     model = build_model("fcn8s", num_classes=21).eval()
