@@ -2,6 +2,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -115,6 +116,41 @@ def test_subpixel_conv_transpose_refuses_other_shapes():
         layer = layers.SubpixelConvTranspose(**{**_conv_transpose_options(2), **change})
         with pytest.raises(ValueError, match="kernel_size = 2 x strides"):
             layer.init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("tap", layers._TAPS)
+@pytest.mark.parametrize("others", [-1.0, 0.0, 2.0])
+def test_nan_in_any_pooling_tap_gives_nan(tap, others):
+    # A NaN must not vanish inside the pooling, whatever its neighbours and the order in
+    # which the reduction meets the window's candidates: otherwise it escapes the NaN guard.
+    x = jnp.full((1, 2, 2, 1), others).at[0, tap[0], tap[1], 0].set(jnp.nan)
+    out = layers.relu_max_pool_ceil(x)
+    assert out.shape == (1, 1, 1, 1) and np.isnan(out).all()
+    assert np.isnan(jax.jit(layers.relu_max_pool_ceil)(x)).all()
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The `precision` of every convolution and dot in `jaxpr`, sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.append(eqn.params["precision"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _dot_precisions(sub)
+    return found
+
+
+def test_matmul_grad_conv_honours_precision():
+    x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+    highest = jax.lax.Precision.HIGHEST
+
+    def loss(v, k):
+        return jnp.sum(layers.conv_with_matmul_grads(v, k, (1, 1), "SAME", precision=highest))
+
+    # The forward convolution and both backward matmuls must run at the requested precision.
+    precisions = _dot_precisions(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel).jaxpr)
+    assert len(precisions) >= 3
+    assert all(p in ((highest, highest), highest) for p in precisions), precisions
 
 
 def _relative_error(got: jax.Array, want: jax.Array) -> float:
