@@ -118,20 +118,27 @@ def _exported_steps(platform: str, option: str = "auto") -> dict[str, str]:
         )
 
     batch = {
-        "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
+        "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
         "label": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE), jnp.int32),
+        "size": jax.ShapeDtypeStruct((BATCH, 2), jnp.int32),
         "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_),
     }
+    preprocessing = config.dataset.preprocessing
     train = jax.jit(
         functools.partial(
-            steps.train_step, model=model, tx=tx, reduction="sum", grad_accum_steps=1
+            steps.train_step,
+            model=model,
+            tx=tx,
+            reduction="sum",
+            grad_accum_steps=1,
+            preprocessing_name=preprocessing,
         ),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
     evaluate = jax.jit(
-        functools.partial(steps.eval_step, model=model),
+        functools.partial(steps.eval_step, model=model, preprocessing_name=preprocessing),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, sharded),
     )
@@ -167,9 +174,10 @@ def test_steps_lower_for_accelerators_without_custom_calls_in_bfloat16(platform)
             assert types == ["bf16", "bf16"], (name, types)
 
 
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_auto_lowers_xlas_native_path_for_accelerators(platform):
+@pytest.mark.parametrize("platform", ["cuda", "tpu", "cpu"])
+def test_auto_lowers_xlas_native_path_for_accelerators_and_the_tricks_for_cpu(platform):
     text = _exported_steps(platform)["train"]
-    # nn.max_pool's gradient, and transposed convolutions over the stride-dilated input.
-    assert "select_and_scatter" in text
-    assert "lhs_dilation" in text or "lhs_dilate" in text
+    # The plain path: nn.max_pool's gradient, and transposed convolutions over the
+    # stride-dilated input. The tricks have neither.
+    native = "select_and_scatter" in text, "lhs_dilate" in text
+    assert native == ((True, True) if platform != "cpu" else (False, False))
