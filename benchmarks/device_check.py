@@ -198,8 +198,9 @@ def _step(
     rng = np.random.default_rng(0)
     shape = (batch, args.size, args.size)
     host = {
-        "image": rng.normal(size=(*shape, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8),
         "label": rng.integers(0, args.classes, size=shape, dtype=np.int32),
+        "size": np.full((batch, 2), args.size, np.int32),
     }
     if mode == "eval":
         host["mask"] = np.ones(batch, bool)
@@ -207,7 +208,8 @@ def _step(
     variables = _jax_variables(model)
     if mode == "eval":
         variables = jax.device_put(variables, steps.replicated(mesh))
-        compiled = steps.jit_eval_step(model, mesh).lower(variables, data).compile()
+        jitted = steps.jit_eval_step(model, mesh, config.dataset.preprocessing)
+        compiled = jitted.lower(variables, data).compile()
         return (lambda: compiled(variables, data)), compiled
     tx = optim.create_optimizer(config, variables["params"])
     state = steps.create_train_state(config, variables, jax.random.key(0))[0]
@@ -262,7 +264,7 @@ def step_rows(args: argparse.Namespace, deadline: float) -> list[str]:
                 mfu = f"{tflops / peak:.1%}" if peak and args.width == 1 else "-"
                 rows.append(
                     f"| {mode} | {batch} | {dtype} | {1e3 * seconds:.1f} | {batch / seconds:.1f} "
-                    f"| {rate} | {mfu} | {_planned_bytes(compiled) / 2**30:.2f} GiB |"
+                    f"| {rate} | {mfu} | {_planned_bytes(compiled) / 2**20:.0f} MiB |"
                 )
     return rows
 

@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_device_check_fills_both_tables():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # compiles dominate the tiny run
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.device_check", "--tiny", "--budget-s=1e9"],
         cwd=ROOT,
@@ -21,10 +22,12 @@ def test_tiny_device_check_fills_both_tables():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for trick in ("fused_pool", "matmul_grads: conv1_1", "matmul_grads: fc6", "subpixel"):
-        row = re.search(rf"^\| {trick}\S* \| float32 \|.*\| ([0-9.e+-]+) \| - \| - \|$", out, re.M)
+        row = re.search(
+            rf"^\| {trick}[^|]* \| float32 \|.*\| ([0-9.e+-]+) \| - \| - \|$", out, re.M
+        )
         assert row, out
         assert float(row[1]) < 1e-4  # in float32 each trick computes the plain path's gradients
-        assert re.search(rf"^\| {trick}\S* \| bfloat16 \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out
+        assert re.search(rf"^\| {trick}[^|]* \| bfloat16 \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out
     assert re.search(r"^\| all tricks: train step \| bfloat16 \| [0-9.]+ \| [0-9.]+ \|", out, re.M)
     for dtype in ("bfloat16", "float32"):
         for mode in ("train", "eval"):
