@@ -7,18 +7,15 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from fcn_jax import config_checks, evaluation, input_pipeline, train
+from fcn_jax import checkpoint, config_checks, evaluation, input_pipeline, train
 from tests.helpers import tiny_config
 
 
 def _params(workdir):
-    manager = ocp.CheckpointManager(f"{workdir}/checkpoints")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
-    state = manager.restore(manager.latest_step(), args=args).state
-    return manager.latest_step(), state["params"]
+    step, state = checkpoint.read_latest_state(workdir)
+    return step, state["params"]
 
 
 @pytest.fixture(scope="module")
