@@ -23,7 +23,7 @@ class Checkpoints:
     """The two checkpoint managers of a workdir."""
 
     def __init__(self, workdir: str, max_to_keep: int):
-        root = epath.Path(workdir)
+        root = _absolute(workdir)
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(
@@ -85,6 +85,12 @@ class Checkpoints:
         self.best.close()
 
 
+def _absolute(workdir: str) -> epath.Path:
+    """`workdir` as an absolute path (orbax refuses relative ones); gs:// paths are already."""
+    root = epath.Path(workdir)
+    return root if root.is_absolute() else root.absolute()
+
+
 def _best_options(create: bool) -> ocp.CheckpointManagerOptions:
     """Keep one checkpoint: the highest mean IoU."""
     return ocp.CheckpointManagerOptions(
@@ -109,7 +115,7 @@ def restore_variables(workdir: str) -> dict:
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
     """
-    root = epath.Path(workdir)
+    root = _absolute(workdir)
     if (root / "best").exists():
         manager = ocp.CheckpointManager(
             root / "best",
@@ -137,7 +143,7 @@ def read_latest_state(workdir: str) -> tuple[int, dict] | None:
 
     Returns None when there is none. Any process and device count can read it.
     """
-    folder = epath.Path(workdir) / "checkpoints"
+    folder = _absolute(workdir) / "checkpoints"
     if not folder.exists():
         return None
     manager = ocp.CheckpointManager(folder, item_handlers=_latest_handlers())

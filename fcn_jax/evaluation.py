@@ -17,7 +17,16 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from fcn_jax import checkpoint, config_checks, input_pipeline, models, predict, steps, weights
+from fcn_jax import (
+    checkpoint,
+    config_checks,
+    input_pipeline,
+    losses,
+    models,
+    predict,
+    steps,
+    weights,
+)
 
 
 def evaluate(
@@ -32,7 +41,7 @@ def evaluate(
     """Runs one pass; the confusion matrix is summed on the device and pulled once.
 
     Returns:
-      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (image, label,
+      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (uint8 image, label,
       prediction) triples of this process for visualisation).
     """
     total, kept = None, []
@@ -43,7 +52,11 @@ def evaluate(
         if len(kept) < keep_predictions:
             local_predictions = _local_rows(predictions)
             for i in np.flatnonzero(local["mask"])[: keep_predictions - len(kept)]:
-                kept.append((local["image"][i], local["label"][i], local_predictions[i]))
+                # Off the image the prediction means nothing: show it as void, like the label.
+                prediction = np.full_like(local_predictions[i], losses.VOID)
+                h, w = local["size"][i]
+                prediction[:h, :w] = local_predictions[i][:h, :w]
+                kept.append((local["image"][i], local["label"][i], prediction))
         if index % report_every == 0 or index == num_batches:
             logging.info("evaluation: batch %d/%d", index, num_batches)
     return total.compute(), kept
@@ -138,7 +151,7 @@ def evaluate_model(
     data = input_pipeline.eval_data(config, split)
     scores, _ = evaluate(
         jax.device_put(variables, steps.replicated(mesh)),
-        steps.jit_eval_step(model, mesh),
+        steps.jit_eval_step(model, mesh, config.dataset.preprocessing),
         input_pipeline.create_eval_iterator(config, data.split),
         mesh,
         num_batches=data.num_batches,

@@ -1,8 +1,11 @@
 """tf.data input pipelines from the TFDS segmentation builders.
 
 Batches have static shapes for `jax.jit`: every image is placed top-left on a fixed canvas
-(`config.dataset.canvas_size`); the rest of the canvas is 0 in the preprocessed image and void
-(255) in the label, so it never counts in the loss or the metrics.
+(`config.dataset.canvas_size`) and each example carries its image's size, so that the model
+computes for it exactly what the image alone at its own size gives (docs/reference.md §2.5;
+`fcn_jax.models.FCN`, `sizes=`). The rest of the canvas is 0 in the image and void (255) in
+the label, so it never counts in the loss or the metrics either. Images stay uint8 (a quarter
+of the bytes of float32) and are normalised on the device (`fcn_jax.preprocessing`).
 
 Train batches are deterministic given `config.seed` and can start at any step: examples are
 shuffled as serialized records, numbered, and skipped before any decoding; each example's
@@ -12,14 +15,13 @@ global stream and keeps its rows of each global batch, so the batches and the au
 seeds (numbered globally) are the same whatever the number of processes.
 
 Evaluation covers every example of the split once: the last batch is filled with empty
-examples whose `mask` entry is False and whose labels are all void.
+examples whose `mask` entry is False, whose labels are all void and whose size is 0 x 0.
 """
 
 import dataclasses
 import functools
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import ml_collections
@@ -30,13 +32,7 @@ from jax.experimental import multihost_utils
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
 from fcn_jax.losses import VOID
-
-# Per-channel mean of the reference's Caffe VGG16, BGR order, 0-255 scale (§4.4).
-CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
-# torchvision's ImageNet statistics, RGB order, 0-1 scale (§6.4).
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-PREPROCESSING = ("caffe", "torchvision")
+from fcn_jax.preprocessing import PREPROCESSING
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -49,8 +45,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     canvas = tuple(data.canvas_size)
     if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
         raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
-    for field in ("batch_size", "eval_batch_size"):
-        value = config[field]
+    for field, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", eval_batch_size(config)),
+    ):
         if value < 1 or value % jax.device_count() or value % jax.process_count():
             raise ValueError(
                 f"config.{field}={value} must be a positive multiple of the device count "
@@ -71,21 +69,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
 
 
-def normalize_image(image: Any, preprocessing: str) -> tf.Tensor:
-    """Turns uint8 RGB images (..., H, W, 3) into the network's float32 input.
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global eval batch size, from one place for the pipeline, validation and the loop.
 
-    Args:
-      image: uint8 RGB, numpy or tf.
-      preprocessing: 'caffe' (BGR, 0-255, minus the mean of §4.4: the reference and the Caffe
-        VGG16 weights) or 'torchvision' (RGB, 0-1, ImageNet mean/std: torchvision's VGG16).
+    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
+    multiple of the device count, which is valid on any host.
     """
-    image = tf.cast(image, tf.float32)
-    if preprocessing == "caffe":
-        return image[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
-    if preprocessing == "torchvision":
-        mean, std = tf.constant(TORCHVISION_MEAN), tf.constant(TORCHVISION_STD)
-        return (image / 255.0 - mean) / std
-    raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSING}")
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return -(-config.batch_size // jax.device_count()) * jax.device_count()
 
 
 def _builder(
@@ -142,7 +134,7 @@ def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> Ev
     total = num_examples(config, split, name)
     # Each process pads its share to the largest share, rounded up to whole local batches:
     # ceil(ceil(total / P) / (B / P)) == ceil(total / B).
-    return EvalData(name, split, math.ceil(total / config.eval_batch_size))
+    return EvalData(name, split, math.ceil(total / eval_batch_size(config)))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -155,19 +147,14 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return len(class_names(config))
 
 
-def denormalize_image(image: np.ndarray, preprocessing: str) -> np.ndarray:
-    """Inverse of `normalize_image` for display: float32 network input -> uint8 RGB."""
-    if preprocessing == "caffe":
-        rgb = (image + np.asarray(CAFFE_BGR_MEAN, np.float32))[..., ::-1]
-    else:
-        rgb = (image * np.asarray(TORCHVISION_STD) + np.asarray(TORCHVISION_MEAN)) * 255.0
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-
-
 def _place_on_canvas(
     image: tf.Tensor, label: tf.Tensor, canvas: tuple[int, int], name: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pads a preprocessed image with 0 and its label with void, bottom/right, to the canvas."""
+) -> dict[str, tf.Tensor]:
+    """Pads an image with 0 and its label with void, bottom/right, to the canvas.
+
+    Returns:
+      {'image': uint8 canvas, 'label': int32 canvas, 'size': int32 (2,) the image's size}.
+    """
     shape = tf.shape(image)
     message = (
         f"image larger than config.dataset.canvas_size={canvas}: enlarge the canvas or set "
@@ -179,7 +166,11 @@ def _place_on_canvas(
         pad = [[0, canvas[0] - shape[0]], [0, canvas[1] - shape[1]]]
         image = tf.pad(image, pad + [[0, 0]])
         label = tf.pad(label, pad, constant_values=VOID)
-    return tf.ensure_shape(image, (*canvas, 3)), tf.ensure_shape(label, canvas)
+    return {
+        "image": tf.ensure_shape(image, (*canvas, 3)),
+        "label": tf.ensure_shape(label, canvas),
+        "size": shape[:2],
+    }
 
 
 def _augment(
@@ -189,7 +180,9 @@ def _augment(
     seeds = tf.random.experimental.stateless_split(seed, 2)
     scale = tf.random.stateless_uniform([], seeds[0], data.min_scale, data.max_scale)
     size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+    size = tf.maximum(size, 1)
     image = tf.image.resize(image, size, method="bilinear")
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
     if data.random_flip:
         flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
@@ -216,15 +209,14 @@ def _train_example_fn(config: ml_collections.ConfigDict, decoder):
 
     def prepare(index: tf.Tensor, example: dict) -> dict:
         seed = tf.stack([tf.cast(config.seed, tf.int64), index])
-        image = normalize_image(decoder(example["image"]), data.preprocessing)
+        image = decoder(example["image"])
         label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
         crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if data.augment:
             image, label = _augment(image, label, augment_seed, data)
         if data.random_crop:
             image, label = _random_crop(image, label, crop_seed, canvas)
-        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
-        return {"image": image, "label": label}
+        return _place_on_canvas(image, label, canvas, example["file_name"])
 
     return prepare
 
@@ -263,7 +255,8 @@ def create_train_iterator(
         iterator's k-th batch.
 
     Yields:
-      {'image': float32 (B, H, W, 3), 'label': int32 (B, H, W)}, B = batch_size / processes.
+      {'image': uint8 (B, H, W, 3), 'label': int32 (B, H, W), 'size': int32 (B, 2)}, with
+      B = batch_size / processes and (H, W) the canvas.
     """
     validate_config(config)
     builder = _builder(config)
@@ -282,10 +275,9 @@ def _eval_example_fn(config: ml_collections.ConfigDict, decoder):
     canvas = tuple(config.dataset.canvas_size)
 
     def prepare(example: dict) -> dict:
-        image = normalize_image(decoder(example["image"]), config.dataset.preprocessing)
         label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
-        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
-        return {"image": image, "label": label, "mask": tf.constant(True)}
+        placed = _place_on_canvas(decoder(example["image"]), label, canvas, example["file_name"])
+        return {**placed, "mask": tf.constant(True)}
 
     return prepare
 
@@ -296,19 +288,20 @@ def create_eval_iterator(
     """One pass over this process's share of `split`, every example exactly once.
 
     Args:
-      config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
+      config: see `validate_config`; reads `eval_batch_size` (see `eval_batch_size`),
+        `batch_size` and `dataset.*`.
       split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
     Yields:
-      {'image', 'label' as for training, 'mask': bool (B,)}; the last batch is padded with
-      empty examples (mask False, label all void). Every process yields
+      {'image', 'label', 'size' as for training, 'mask': bool (B,)}; the last batch is padded
+      with empty examples (mask False, label all void, size 0 x 0). Every process yields
       `eval_data(config, split).num_batches` batches.
     """
     validate_config(config)
     data = eval_data(config, split)
     builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.eval_batch_size)
+    batch = _local_batch(eval_batch_size(config))
     ds = _dataset(builder, tfds.split_for_jax_process(data.split)).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -316,8 +309,9 @@ def create_eval_iterator(
     padded = data.num_batches * batch
     canvas = tuple(config.dataset.canvas_size)
     empty = {
-        "image": tf.zeros((*canvas, 3), tf.float32),
+        "image": tf.zeros((*canvas, 3), tf.uint8),
         "label": tf.fill(canvas, VOID),
+        "size": tf.zeros((2,), tf.int32),
         "mask": tf.constant(False),
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(padded - local))

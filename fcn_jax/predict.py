@@ -6,6 +6,7 @@ orientation is applied. Images above `MAX_PIXELS` are refused with a message. A 
 cannot be read is named in an error raised after every other image has been written.
 """
 
+import functools
 import glob
 
 import jax
@@ -16,7 +17,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcn_jax import input_pipeline, models, visualize
+from fcn_jax import input_pipeline, models, preprocessing, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 16.7 megapixels: far above VOC's 500x500, and at full width already several GB of activations.
@@ -61,6 +62,30 @@ def read_rgb(path: epath.Path) -> np.ndarray:
         raise ValueError(f"{path}: larger than {MAX_PIXELS:,} pixels ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+# Canvas sides are rounded up to a multiple of this, so images of similar sizes share one
+# compiled forward pass (a VOC photo of 500 x 375 runs on a 512 x 384 canvas).
+CANVAS_STEP = 128
+
+
+def bucket_canvas(height: int, width: int, largest: tuple[int, int]) -> tuple[int, int]:
+    """The canvas an image of `height` x `width` runs on.
+
+    Its sides rounded up to a multiple of CANVAS_STEP and capped at the `largest` canvas; an
+    image larger than that runs at its own size.
+    """
+    if height > largest[0] or width > largest[1]:
+        return height, width
+    return tuple(
+        min(-(-side // CANVAS_STEP) * CANVAS_STEP, cap)
+        for side, cap in zip((height, width), largest, strict=True)
+    )
+
+
+def _batch_classes(variables: dict, images: jax.Array, sizes: jax.Array, *, model, name: str):
+    logits = model.apply(variables, preprocessing.normalize(images, name), sizes=sizes)
+    return jnp.argmax(logits, -1).astype(jnp.uint8)
 
 
 def _check_size(width: int, height: int, path: epath.Path) -> None:
@@ -111,7 +136,11 @@ def predict_files(
     inputs: list[str],
     output_dir: str,
 ) -> list[epath.Path]:
-    """Segments each image at its own size.
+    """Segments each image as the reference does, alone at its own size.
+
+    Images are batched (the eval batch size at a time) on a canvas per size bucket
+    (`bucket_canvas`) with their sizes, which gives each image the logits of its own-size
+    run while one compiled forward pass serves a whole bucket.
 
     For every input `NAME.ext` writes `NAME_mask.png` (class indices as a VOC-palette PNG)
     and `NAME_overlay.png` (the image beside the image with the prediction blended in);
@@ -125,11 +154,28 @@ def predict_files(
     """
     out = epath.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1).astype(jnp.uint8))
+    classes = jax.jit(
+        functools.partial(_batch_classes, model=model, name=config.dataset.preprocessing)
+    )
     # On the device once: on a GPU or TPU, host arrays (a converted .pth) would otherwise be
-    # copied there again for every image, 537 MB each time at full width.
+    # copied there again for every batch, 537 MB each time at full width.
     variables = jax.device_put(variables)
+    largest = tuple(config.dataset.canvas_size)
+    batch_size = input_pipeline.eval_batch_size(config)
+    pending: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
     written, failures = [], []
+
+    def flush(canvas: tuple[int, int]) -> None:
+        group = pending.pop(canvas)
+        images = np.zeros((batch_size, *canvas, 3), np.uint8)  # one shape per bucket
+        sizes = np.zeros((batch_size, 2), np.int32)
+        for i, (_, image) in enumerate(group):
+            images[i, : image.shape[0], : image.shape[1]] = image
+            sizes[i] = image.shape[:2]
+        masks = np.asarray(classes(variables, images, sizes))
+        for (stem, image), mask, (h, w) in zip(group, masks, sizes, strict=False):
+            written.extend(_write_outputs(stem, image, mask[:h, :w], out))
+
     paths = resolve_inputs(inputs)
     for path, stem in zip(paths, output_stems(paths), strict=True):
         try:
@@ -138,17 +184,27 @@ def predict_files(
             logging.error("%s", e)
             failures.append(str(e))
             continue
-        net_input = input_pipeline.normalize_image(image, config.dataset.preprocessing)
-        mask = np.asarray(predict(variables, np.asarray(net_input)[None]))[0]
-        mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
-        visualize.save_mask(mask, mask_path)
-        side_by_side = np.concatenate([image, visualize.overlay(image, mask)], axis=1)
-        with overlay_path.open("wb") as f:
-            Image.fromarray(side_by_side).save(f, format="PNG")
-        written += [mask_path, overlay_path]
+        canvas = bucket_canvas(*image.shape[:2], largest)
+        pending.setdefault(canvas, []).append((stem, image))
+        if len(pending[canvas]) == batch_size:
+            flush(canvas)
+    for canvas in list(pending):
+        flush(canvas)
     if failures:
         raise ValueError(
             f"{len(failures)} of {len(paths)} images could not be read (the other "
             f"{len(paths) - len(failures)} were written to {out}):\n" + "\n".join(failures)
         )
     return written
+
+
+def _write_outputs(
+    stem: str, image: np.ndarray, mask: np.ndarray, out: epath.Path
+) -> list[epath.Path]:
+    """Writes the mask and the overlay of one image as `stem`_*.png; returns their paths."""
+    mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+    visualize.save_mask(mask, mask_path)
+    side_by_side = np.concatenate([image, visualize.overlay(image, mask)], axis=1)
+    with overlay_path.open("wb") as f:
+        Image.fromarray(side_by_side).save(f, format="PNG")
+    return [mask_path, overlay_path]

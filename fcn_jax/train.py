@@ -35,6 +35,7 @@ from fcn_jax import (
     visualize,
     weights,
 )
+from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- state
 
@@ -47,12 +48,12 @@ def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng:
         return models.init_variables(model, rng)
     path = init.path
     if init.kind == "vgg16":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_vgg16(
             path, config.model, model.num_classes, width=config.width, **options
         )
     if init.kind == "pytorch_fcn":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_pytorch_fcn(path, config.model, width=config.width, **options)
     # "stage": a trained coarser FCN, from one of our workdirs or a pytorch-fcn file (§3.1).
     if path is None:
@@ -187,7 +188,7 @@ class Trainer:
         self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
         self.state, self.tx = self._initial_state()
         self.train_step = steps.jit_train_step(config, self.model, self.tx, self.mesh)
-        self.eval_step = steps.jit_eval_step(self.model, self.mesh)
+        self.eval_step = steps.jit_eval_step(self.model, self.mesh, config.dataset.preprocessing)
         self.lr = optim.learning_rate_schedule(config)
         self.health = jax.device_put(
             {"finite": np.bool_(True), "first_bad_step": np.int32(-1), "loss": np.float32(0)},
@@ -230,7 +231,7 @@ class Trainer:
             step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
         )
         if kept and jax.process_index() == 0:
-            panels = visualize.prediction_panels(kept, config.dataset.preprocessing)
+            panels = visualize.prediction_panels(kept)
             self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
             visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
         return scores

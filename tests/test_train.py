@@ -9,7 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpoint, config_checks, evaluation, input_pipeline, train
+from fcn_jax import (
+    checkpoint,
+    config_checks,
+    evaluation,
+    input_pipeline,
+    losses,
+    models,
+    preprocessing,
+    train,
+)
 from tests.helpers import tiny_config
 
 
@@ -25,13 +34,33 @@ def trained_workdir(synthetic_data_dir, tmp_path_factory):
     return workdir, scores
 
 
-def test_train_and_evaluate_end_to_end(trained_workdir):
+def _mean_iou_by_hand(config, workdir) -> float:
+    """The step-4 model's validation mean IoU, from its checkpoint, with numpy (§5.2)."""
+    step, state = checkpoint.read_latest_state(workdir)
+    assert step == 4
+    variables = {"params": state["params"], **state["frozen"]}
+    model = models.get_model(config.model, 5, width=config.width)
+    confusion = np.zeros((5, 5), np.int64)
+    for batch in input_pipeline.create_eval_iterator(config):
+        images = preprocessing.normalize(batch["image"], config.dataset.preprocessing)
+        predictions = np.argmax(model.apply(variables, images, sizes=batch["size"]), -1)
+        counted = batch["mask"][:, None, None] & (batch["label"] != losses.VOID)
+        pairs = 5 * batch["label"][counted] + predictions[counted]
+        confusion += np.bincount(pairs, minlength=25).reshape(5, 5)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    return float(np.mean(hits[union > 0] / union[union > 0]))
+
+
+def test_train_and_evaluate_end_to_end(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
+    config = tiny_config(synthetic_data_dir)
     lines = [
         json.loads(x) for x in pathlib.Path(workdir, "eval_results.jsonl").read_text().splitlines()
     ]
     assert [(x["step"], x["split"]) for x in lines] == [(4, "validation")]
-    assert lines[0]["mean_iou"] == scores["mean_iou"] and 0 <= scores["mean_iou"] <= 1
+    assert lines[0]["mean_iou"] == scores["mean_iou"]
+    np.testing.assert_allclose(scores["mean_iou"], _mean_iou_by_hand(config, workdir), rtol=1e-6)
     assert len(lines[0]["per_class_iou"]) == 5
     step, params = _params(workdir)
     assert step == 4 and set(params) >= {"conv1_1", "fc7", "score_pool3"}
