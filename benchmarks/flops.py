@@ -1,7 +1,7 @@
 """Analytic FLOP counts of the FCN models (multiply-adds count as two FLOPs).
 
 The forward count sums every convolution and transposed convolution at the sizes of
-FCN_REFERENCE.md §2.5; a train step adds the input gradient of every layer but conv1_1 (its
+docs/reference.md §2.5; a train step adds the input gradient of every layer but conv1_1 (its
 input is the image) and the weight gradient of every trained layer, each as costly as the
 forward of that layer.
 

@@ -17,7 +17,8 @@ runs tools/torch_reference.py (the model behind the parity fixtures) with the sa
 optimiser, or forward, argmax and bincount; for `--geometries=simple` (the course-notes
 geometry of fcn_jax/simple_models.py, rows marked "(simple)") both sides run that geometry,
 PyTorch from tools/torch_simple_reference.py, with the same recipe. PYTHON is an interpreter
-that has torch; fcn-jax itself never needs it.
+that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never
+needs it.
 
 Columns: median seconds per step and images per second; GFLOP per step as executed (fcn-jax
 skips most of the padding frame, fcn_jax.frame; PyTorch runs the reference's count, printed
@@ -86,7 +87,7 @@ def _inputs(args: argparse.Namespace):
 
     rng = np.random.default_rng(0)
     shape = (args.batch, args.height, args.width)
-    images = rng.normal(size=(*shape, 3)).astype(np.float32)
+    images = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     return images, rng.integers(0, NUM_CLASSES, size=shape, dtype=np.int32)
 
 
@@ -122,12 +123,16 @@ def _jax_runner(args: argparse.Namespace):
     model = steps.create_model(config, NUM_CLASSES)
     mesh = steps.make_mesh()
     images, labels = _inputs(args)
-    batch = {"image": images, "label": labels, "mask": np.ones(args.batch, bool)}
+    # Each image fills its canvas: the per-example sizes cost what they cost in training.
+    sizes = np.tile(np.array([[args.height, args.width]], np.int32), (args.batch, 1))
+    batch = {"image": images, "label": labels, "size": sizes, "mask": np.ones(args.batch, bool)}
     batch = steps.global_batch(mesh, batch)
     variables = _jax_variables(model)
     if args.mode == "eval":
         variables = jax.device_put(variables, steps.replicated(mesh))
-        step, compile_s = _compiled(steps.jit_eval_step(model, mesh), variables, batch)
+        step, compile_s = _compiled(
+            steps.jit_eval_step(model, mesh, config.dataset.preprocessing), variables, batch
+        )
         return (lambda: jax.block_until_ready(step(variables, batch))), compile_s
     state, tx = steps.create_train_state(config, variables, jax.random.PRNGKey(0))
     holder = [jax.device_put(state, steps.replicated(mesh))]
@@ -377,7 +382,11 @@ def main() -> None:
     parser.add_argument("--batch", type=_positive_int, default=1)
     parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per framework")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--torch-python", help="interpreter with torch, for the side-by-side run")
+    parser.add_argument(
+        "--torch-python",
+        default=os.environ.get("FCN_TORCH_PYTHON"),
+        help="interpreter with torch, for the side-by-side run (default: $FCN_TORCH_PYTHON)",
+    )
     # Worker-only arguments (one case each).
     worker_args = ("model", str), ("height", int), ("width", int), ("mode", str), ("geometry", str)
     for name, kind in worker_args:

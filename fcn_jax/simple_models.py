@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from fcn_jax import fast_paths, models
-from fcn_jax.layers import SubpixelConvTranspose
+from fcn_jax.layers import SubpixelConvTranspose, zero_beyond
 
 # Every side is padded to a multiple of this: the output stride of pool5.
 MULTIPLE = 32
@@ -69,16 +69,6 @@ def fresh_init(key: jax.Array, leaf: str, shape: tuple[int, ...]) -> jax.Array:
 def padded_side(side: int) -> int:
     """The side an image of `side` pixels is run at: the next multiple of 32."""
     return MULTIPLE * math.ceil(side / MULTIPLE)
-
-
-def _mask_beyond(x: jax.Array, extents: jax.Array | None) -> jax.Array:
-    """Zeroes rows >= extents[:, 0] and columns >= extents[:, 1] of each example of NHWC `x`."""
-    if extents is None:
-        return x
-    rows = jnp.arange(x.shape[1])[None, :] < extents[:, :1]
-    cols = jnp.arange(x.shape[2])[None, :] < extents[:, 1:]
-    inside = rows[:, :, None, None] & cols[:, None, :, None]
-    return jnp.where(inside, x, jnp.zeros((), x.dtype))
 
 
 class SimpleFCN(nn.Module):
@@ -128,7 +118,7 @@ class SimpleFCN(nn.Module):
             level = extents if extents is None else extents // 2 ** (block - 1)
             for i in range(1, num_convs + 1):
                 if (block, i) != (1, 1):  # conv1_1's input is masked by the caller
-                    x = _mask_beyond(x, level)
+                    x = zero_beyond(x, level)
                 x = nn.relu(self._conv(self._channels(channels), 3, f"conv{block}_{i}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
             pools[block] = x
@@ -159,7 +149,7 @@ class SimpleFCN(nn.Module):
             cls = SubpixelConvTranspose if subpixel else nn.ConvTranspose
         else:
             cls = _FrozenSubpixelConvTranspose if subpixel else _FrozenConvTranspose
-        x = _mask_beyond(x, extents if extents is None else extents // stride)
+        x = zero_beyond(x, extents if extents is None else extents // stride)
         up = cls(
             self.num_classes,
             (2 * factor, 2 * factor),
@@ -203,7 +193,7 @@ class SimpleFCN(nn.Module):
         extents = None
         if sizes is not None:
             sizes = jnp.asarray(sizes, jnp.int32)
-            x = _mask_beyond(x, sizes)
+            x = zero_beyond(x, sizes)
             extents = MULTIPLE * ((sizes + MULTIPLE - 1) // MULTIPLE)
         feats = self._backbone(x, extents, train)
         score = self._score("score_fr")(feats["fc7"])

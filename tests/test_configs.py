@@ -4,7 +4,7 @@ import pathlib
 import jax
 import pytest
 
-from fcn_jax import train
+from fcn_jax import config_checks
 
 CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py") if p.stem != "__init__")
 
@@ -17,9 +17,9 @@ def test_every_config_file_is_listed():
 def test_config_loads_and_validates(name, synthetic_data_dir):
     config = importlib.import_module(f"configs.{name}").get_config()
     # The reference batch is 1 image; the test machine simulates 4 devices.
-    config.batch_size = config.eval_batch_size = jax.device_count()
+    config.batch_size = jax.device_count()  # eval_batch_size: None or a multiple of it
     config.dataset.data_dir = synthetic_data_dir
-    train.validate_config(config)
+    config_checks.validate_config(config)
     assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 
 
@@ -29,7 +29,7 @@ def test_config_loads_and_validates(name, synthetic_data_dir):
      ("fcn8s_atonce", 1e-10, "vgg16")],
 )  # fmt: skip
 def test_reference_recipes(name, lr, init):
-    # FCN_REFERENCE.md §4.1.
+    # docs/reference.md §4.1.
     config = importlib.import_module(f"configs.{name}").get_config()
     assert config.model == name and config.init.kind == init
     assert config.optimizer.learning_rate == lr and config.optimizer.momentum == 0.99
@@ -52,7 +52,7 @@ def test_model_geometry_is_validated():
     config = importlib.import_module("configs.fcn8s_atonce").get_config()
     config.model_geometry = "simple"
     with pytest.raises(ValueError, match="at-once is reference-only"):
-        train.validate_config(config)
+        config_checks.validate_config(config)
     config.model_geometry = "course"
     with pytest.raises(ValueError, match="unknown geometry"):
-        train.validate_config(config)
+        config_checks.validate_config(config)
