@@ -178,18 +178,7 @@ def export(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.partial-", dir=parent)
     try:
-        exported = export_stablehlo(serve, variables, canvas_size, platforms)
-        with open(os.path.join(staging, STABLEHLO), "wb") as f:
-            f.write(exported.serialize())
-        servable = _Servable(serve, variables, canvas_size, platforms)
-        tf.saved_model.save(
-            servable,
-            os.path.join(staging, SAVED_MODEL),
-            signatures={
-                "serving_default": servable.serving_default,
-                SIZES_SIGNATURE: servable.with_sizes,
-            },
-        )
+        _write_artifacts(staging, serve, variables, canvas_size, platforms)
         _replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -198,6 +187,29 @@ def export(
         "saved_model": os.path.join(final, SAVED_MODEL),
         "stablehlo": os.path.join(final, STABLEHLO),
     }
+
+
+def _write_artifacts(
+    folder: str,
+    serve: Callable,
+    variables: dict,
+    canvas_size: Sequence[int],
+    platforms: Sequence[str],
+) -> None:
+    exported = export_stablehlo(serve, variables, canvas_size, platforms)
+    with open(os.path.join(folder, STABLEHLO), "wb") as f:
+        f.write(exported.serialize())
+    servable = _Servable(serve, variables, canvas_size, platforms)
+    # The SavedModel's functions are traced while saving: for `platforms`, too.
+    with fast_paths.lowering_for(*platforms):
+        tf.saved_model.save(
+            servable,
+            os.path.join(folder, SAVED_MODEL),
+            signatures={
+                "serving_default": servable.serving_default,
+                SIZES_SIGNATURE: servable.with_sizes,
+            },
+        )
 
 
 def _check_destination(path: str, overwrite: bool) -> None:

@@ -81,6 +81,15 @@ def test_saved_model_matches_model_apply_at_own_size(exported, batch, height, wi
     assert_matches(serving(images=tf.constant(images)), own_size_logits(exported, images))
 
 
+def test_stablehlo_lowers_for_other_platforms_too(exported):
+    model, variables, name, _ = exported
+    serve = export.serving_function(model, CANVAS, name)
+    artifact = export.export_stablehlo(serve, variables, CANVAS, ("cpu", "cuda"))
+    assert artifact.platforms == ("cpu", "cuda")
+    images = random_images(2, 30, 40)
+    assert_matches(artifact.call(images), own_size_logits(exported, images))
+
+
 def test_saved_model_with_sizes_serves_a_batch_of_mixed_sizes(exported):
     sizes = [(37, 45), (20, 30), (48, 11)]
     padded = np.zeros((len(sizes), 48, 45, 3), np.uint8)
