@@ -7,8 +7,11 @@ reference logits' range; the classes agree wherever the reference's two best log
 further apart than that.
 """
 
+import functools
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +21,7 @@ import tensorflow as tf
 from fcn_jax import export, preprocessing, steps, weights
 from tests.helpers import tiny_config
 
+ROOT = pathlib.Path(__file__).parent.parent
 PTH = pathlib.Path(__file__).parent / "testdata" / "parity" / "fcn8s_random.pth"
 CANVAS = (48, 48)
 RTOL = 1e-4
@@ -146,3 +150,29 @@ def test_export_trained_errors_name_the_problem(tmp_path, synthetic_data_dir):
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
         export.export_trained(fixture_config(synthetic_data_dir, model="fcn4s"), "w", None, out)
     assert not os.path.exists(out)
+
+
+def test_main_exports_a_pytorch_fcn_file_and_refuses_to_overwrite(tmp_path, synthetic_data_dir):
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "main.py",
+        "--config=configs/quickstart.py",
+        f"--workdir={tmp_path / 'unused'}",
+        f"--weights={PTH}",
+        "--mode=export",
+        f"--export_dir={out}",
+        "--config.width=0.015625",
+        "--config.dataset.canvas_size=(16, 16)",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = functools.partial(
+        subprocess.run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == ["model.stablehlo", "saved_model"]
+    again = run(command)
+    assert again.returncode != 0
+    assert "exists and is not empty; choose another or pass --overwrite" in again.stderr
