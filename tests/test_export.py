@@ -114,6 +114,12 @@ def test_saved_model_refuses_images_larger_than_the_canvas(exported):
         serving(images=tf.constant(random_images(1, 49, 20)))
 
 
+def test_stablehlo_refuses_images_larger_than_the_canvas(exported):
+    artifact = jax.export.deserialize((exported[3] / "model.stablehlo").read_bytes())
+    with pytest.raises(ValueError, match="Error refining shapes"):
+        artifact.call(random_images(1, 20, 49))
+
+
 def test_refuses_a_non_empty_export_dir_unless_overwrite(exported, tmp_path):
     model, variables, name, _ = exported
     out = tmp_path / "out"
