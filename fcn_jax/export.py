@@ -169,9 +169,10 @@ def export(
 
     Raises:
       FileExistsError: `export_dir` is a file, or a non-empty folder and not `overwrite`.
+      ValueError: `export_dir` is not a local path (e.g. gs://...).
     """
+    _check_destination(export_dir, overwrite)
     final = os.path.abspath(export_dir)
-    _check_destination(final, overwrite)
     platforms = tuple(platforms or (jax.default_backend(),))
     serve = serving_function(model, canvas_size, preprocessing_name)
     parent = os.path.dirname(final)
@@ -213,6 +214,8 @@ def _write_artifacts(
 
 
 def _check_destination(path: str, overwrite: bool) -> None:
+    if "://" in path:
+        raise ValueError(f"export_dir {path} must be a local folder (the export renames into it)")
     if os.path.isfile(path):
         raise FileExistsError(f"export_dir {path} is a file; name a folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
@@ -247,7 +250,7 @@ def export_trained(
       FileExistsError: see `export`.
     """
     train.validate_config(config)
-    _check_destination(os.path.abspath(export_dir), overwrite)
+    _check_destination(export_dir, overwrite)
     model = steps.create_model(config, input_pipeline.num_classes(config))
     path = weights_path or workdir
     variables = train.load_variables(path, config.model, config, model.num_classes)

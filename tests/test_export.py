@@ -153,6 +153,8 @@ def test_export_trained_errors_name_the_problem(tmp_path, synthetic_data_dir):
         export.export_trained(
             fixture_config(synthetic_data_dir), "unused", str(tmp_path / "missing.pth"), out
         )
+    with pytest.raises(ValueError, match="must be a local folder"):
+        export.export_trained(fixture_config(synthetic_data_dir), "w", None, "gs://bucket/out")
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
         export.export_trained(fixture_config(synthetic_data_dir, model="fcn4s"), "w", None, out)
     assert not os.path.exists(out)
