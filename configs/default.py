@@ -1,4 +1,4 @@
-"""Base config: the reference recipe of FCN_REFERENCE.md §4 (FCN-8s staged numbers).
+"""Base config: the reference recipe of docs/reference.md §4 (FCN-8s staged numbers).
 
 The variant files (fcn32s.py, fcn16s.py, fcn8s.py, fcn8s_atonce.py, quickstart.py) import this
 and override a few fields. Every field can be overridden on the command line, e.g.
@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.model = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_atonce
+    # "reference": the paper's Caffe geometry; "simple": the course-notes geometry
+    # (fcn_jax/simple_models.py: 1x1 fc6/fc7, no pad 100 and no crops; not for at-once).
+    config.model_geometry = "reference"
     config.width = 1.0  # channel multiplier; 1.0 is the reference network
     config.compute_dtype = "float32"  # or "bfloat16" on GPU/TPU (parameters stay float32)
     config.learnable_upsampling = False  # the reference freezes the bilinear kernels (§2.2)
@@ -35,8 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.eval_split = "seg11valid"
     config.dataset.preprocessing = "caffe"  # BGR, 0-255, minus the mean (§4.4)
     # Static shape for jit: every VOC/SBD image (at most 500x500) fits, top-left, padded with
-    # void. The reference feeds each image at its own size; the padding changes border
-    # activations slightly (§8) but never the loss or the metrics.
+    # void. Each example carries its image's size and the model zeroes everything past that
+    # image's own extents (docs/reference.md §2.7), so a canvas batch computes exactly the
+    # reference's per-image logits, loss and metrics.
     config.dataset.canvas_size = (512, 512)
     config.dataset.augment = False  # the reference uses no augmentation (§4.4)
     config.dataset.min_scale = 0.5
@@ -47,7 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.seed = 1337  # the reference's seed (§4.3)
     config.batch_size = 1  # global; one image per step (§4.1)
-    config.eval_batch_size = 1
+    # None: the train batch rounded up to a multiple of the device count
+    # (fcn_jax.input_pipeline.eval_batch_size).
+    config.eval_batch_size = ml_collections.config_dict.placeholder(int)
     config.grad_accum_steps = 1  # micro-batches per step (Caffe's iter_size)
     config.loss_reduction = "sum"  # summed over valid pixels (§4.2); "mean" normalises
 

@@ -4,7 +4,7 @@
         --config.init.path=WORKDIR_OF_FCN32S   # or a fcn32s_from_caffe.pth
 
 Data: SBD train for training, VOC2012 seg11valid for evaluation (README: Data). Expected
-seg11valid mean IoU of the reference: 65.0% (FCN_REFERENCE.md §5.3), evaluated every 4000 steps.
+seg11valid mean IoU of the reference: 65.0% (docs/reference.md §5.3), evaluated every 4000 steps.
 """
 
 from configs import default

@@ -3,7 +3,7 @@
     python main.py --config=configs/fcn8s_atonce.py --workdir=WORKDIR
 
 Data: SBD train for training, VOC2012 seg11valid for evaluation (README: Data). Expected
-seg11valid mean IoU of the reference: 65.4% (FCN_REFERENCE.md §5.3), evaluated every 4000 steps.
+seg11valid mean IoU of the reference: 65.4% (docs/reference.md §5.3), evaluated every 4000 steps.
 """
 
 from configs import default

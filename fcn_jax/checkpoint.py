@@ -1,15 +1,16 @@
 """Orbax checkpoints: the latest N train states for resuming, and the best model by mean IoU.
 
-WORKDIR/checkpoints/<step>  full TrainState (asynchronous saves, the last N kept);
+WORKDIR/checkpoints/<step>  `state`: the full TrainState, and `data_stream`: a JSON record of
+                            what decides the examples each step sees (asynchronous saves,
+                            the last N kept);
 WORKDIR/best/<step>         model variables of the best evaluation so far.
-A save interrupted by SIGKILL leaves a `*.orbax-checkpoint-tmp` folder that the manager
-ignores (and removes when it next opens), so a restart resumes from the last complete step.
+In a multi-process job every process calls `save` and orbax writes collectively; a checkpoint
+restores onto any device count. A save interrupted by SIGKILL leaves a
+`*.orbax-checkpoint-tmp` folder that the manager ignores (and removes when it next opens), so a
+restart resumes from the last complete step.
 """
 
-import contextlib
 import math
-import signal
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ class Checkpoints:
     """The two checkpoint managers of a workdir."""
 
     def __init__(self, workdir: str, max_to_keep: int):
-        root = epath.Path(workdir)
+        root = _absolute(workdir)
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(
@@ -34,10 +35,13 @@ class Checkpoints:
         """The step of the latest complete train-state checkpoint, if any."""
         return self.latest.latest_step()
 
-    def save(self, step: int, state: Any) -> None:
-        """Saves the train state asynchronously (once per step)."""
+    def save(self, step: int, state: Any, data_stream: dict) -> None:
+        """Saves the train state and its data-stream record asynchronously (once per step)."""
         if self.latest.latest_step() != step:
-            self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data_stream=ocp.args.JsonSave(data_stream)
+            )
+            self.latest.save(step, args=args, force=True)
 
     def save_best(self, step: int, variables: Any, mean_iou: float) -> None:
         """Keeps `variables` if `mean_iou` is the best so far."""
@@ -46,12 +50,23 @@ class Checkpoints:
             step, args=ocp.args.StandardSave(variables), metrics={"mean_iou": score}, force=True
         )
 
-    def restore_latest(self, abstract_state: Any, sharding: jax.sharding.Sharding) -> Any:
-        """Restores the latest train state onto `sharding` (shapes from `abstract_state`)."""
+    def restore_latest(
+        self, abstract_state: Any, sharding: jax.sharding.Sharding
+    ) -> tuple[Any, dict]:
+        """The latest train state and its data-stream record.
+
+        The state is put on `sharding`, with the shapes of `abstract_state`.
+        """
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_state
         )
-        return self.latest.restore(self.latest_step(), args=ocp.args.StandardRestore(target))
+        restored = self.latest.restore(
+            self.latest_step(),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data_stream=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.data_stream
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""
@@ -62,6 +77,12 @@ class Checkpoints:
         """Waits for pending saves and releases the managers."""
         self.latest.close()
         self.best.close()
+
+
+def _absolute(workdir: str) -> epath.Path:
+    """`workdir` as an absolute path (orbax refuses relative ones); gs:// paths are already."""
+    root = epath.Path(workdir)
+    return root if root.is_absolute() else root.absolute()
 
 
 def _best_options(create: bool) -> ocp.CheckpointManagerOptions:
@@ -81,7 +102,7 @@ def restore_variables(workdir: str) -> dict:
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
     """
-    root = epath.Path(workdir)
+    root = _absolute(workdir)
     for sub in ("best", "checkpoints"):
         if not (root / sub).exists():
             continue
@@ -93,38 +114,15 @@ def restore_variables(workdir: str) -> dict:
             step = manager.latest_step()
         if step is None:
             continue
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
-        manager.close()
         if sub == "best":
-            return restored
-        return {"params": restored["params"], **restored["frozen"]}
+            variables = manager.restore(step, args=ocp.args.StandardRestore())
+        else:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore())
+            state = manager.restore(step, args=args).state
+            variables = {"params": state["params"], **state["frozen"]}
+        manager.close()
+        return variables
     raise FileNotFoundError(
         f"no checkpoint in {workdir} (looked in best/ and checkpoints/); train there first "
         "or give a weights file"
     )
-
-
-class SigtermFlag:
-    """Set when SIGTERM arrives; the train loop checks it between steps."""
-
-    received = False
-
-
-@contextlib.contextmanager
-def sigterm_flag() -> Iterator[SigtermFlag]:
-    """Catches SIGTERM (a preempted VM) for the duration; restores the old handler after.
-
-    The handler only sets a flag: saving from inside a signal handler could catch the train
-    state between a donated step input and its output.
-    """
-    flag = SigtermFlag()
-
-    def handler(signum, frame):
-        del signum, frame
-        flag.received = True
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)

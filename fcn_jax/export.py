@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from fcn_jax import fast_paths, input_pipeline, models, preprocessing, steps, train
+from fcn_jax import config_checks, evaluation, fast_paths, input_pipeline, preprocessing, steps
 
 SAVED_MODEL = "saved_model"
 STABLEHLO = "model.stablehlo"
@@ -41,7 +42,7 @@ SIZES_SIGNATURE = "with_sizes"
 
 
 def serving_function(
-    model: models.FCN, canvas_size: Sequence[int], preprocessing_name: str
+    model: nn.Module, canvas_size: Sequence[int], preprocessing_name: str
 ) -> Callable[[dict, jax.Array, jax.Array | None], dict[str, jax.Array]]:
     """The function both artifacts serve: `(variables, images, sizes) -> {classes, logits}`.
 
@@ -144,7 +145,7 @@ class _Servable(tf.Module):
 
 
 def export(
-    model: models.FCN,
+    model: nn.Module,
     variables: dict,
     export_dir: str,
     canvas_size: Sequence[int],
@@ -249,11 +250,11 @@ def export_trained(
       FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
       FileExistsError: see `export`.
     """
-    train.validate_config(config)
+    config_checks.validate_config(config)
     _check_destination(export_dir, overwrite)
     model = steps.create_model(config, input_pipeline.num_classes(config))
     path = weights_path or workdir
-    variables = train.load_variables(path, config.model, config, model.num_classes)
+    variables = evaluation.load_variables(path, config.model, config, model.num_classes)
     return export(
         model,
         variables,

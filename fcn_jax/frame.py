@@ -1,6 +1,6 @@
 """Skipping the constant frame that conv1_1's 100-pixel padding puts around the image.
 
-conv1_1 pads the image by 100 pixels (FCN_REFERENCE.md §2.4), so about half of each map in
+conv1_1 pads the image by 100 pixels (docs/reference.md §2.4), so about half of each map in
 VGG blocks 1-3 lies in a frame around the image. Along either axis such a map reads:
 
     edge | run | core | run | edge
@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EDGE, RUN, CORE = "E", "R", "C"
 KERNEL = 3  # every convolution of blocks 1-3 is 3x3 (padding 1 after conv1_1)
@@ -213,3 +214,131 @@ def resize_runs(x: jax.Array, axis: int, have: AxisLayout, want: AxisLayout) -> 
         ],
         axis=axis,
     )
+
+
+# ---------------------------------------------------------------------------- per-example sizes
+#
+# On a canvas each example is its own image, `size` pixels long, top-left. Its short maps are
+# the prefix of the canvas's maps up to the example's own extent (the rows beyond are zeroed,
+# standing in for the padding its own maps would have), so blocks 1-3 run as for the canvas
+# and only the run resizing after each pooling differs per example: it becomes a gather whose
+# row indices are looked up by size.
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeTables:
+    """One axis of a canvas through blocks 1-3, for every example length 1..canvas.
+
+    Attributes:
+      conv1_1_padding: conv1_1's padding (the same for every length).
+      conv1_1_extent: (canvas + 1,) the extent of conv1_1's output for each length.
+      gathers: per block, (canvas + 1, rows) the source row of each row of the resized map,
+        `rows` (out of range: fill with zero) beyond the example's extent.
+      extents: per block, (canvas + 1,) the extent of the resized map for each length.
+    """
+
+    conv1_1_padding: int
+    conv1_1_extent: np.ndarray
+    gathers: dict[int, np.ndarray]
+    extents: dict[int, np.ndarray]
+
+
+def _resize_index(have: AxisLayout, want: AxisLayout) -> np.ndarray:
+    """The source row in `have` of each row of `want` (what `resize_runs` copies)."""
+    core_start = have.lead_edge + have.lead_run
+    trail_start = core_start + have.core
+    return np.concatenate(
+        [
+            np.arange(have.lead_edge),
+            np.full(want.lead_run, have.lead_edge),
+            core_start + np.arange(have.core),
+            np.full(want.trail_run, trail_start),
+            trail_start + have.trail_run + np.arange(have.trail_edge),
+        ]
+    )
+
+
+@functools.cache
+def size_tables(canvas: int, padding: int, convs_per_block: tuple[int, ...]) -> SizeTables:
+    """The gathers of `FramePlan.after_pool` for every example length up to `canvas`."""
+    plans = [axis_plan(size, padding, convs_per_block) for size in range(1, canvas + 1)]
+    short_padding = plans[0].conv1_1_padding
+    if any(plan.conv1_1_padding != short_padding for plan in plans):
+        raise AssertionError("conv1_1's short padding depends on the image size")
+    sizes = np.arange(canvas + 1)
+    gathers, extents = {}, {}
+    for block in range(1, len(convs_per_block) + 1):
+        rows = max(plan.after_pool[block][1].size for plan in plans)
+        table = np.full((canvas + 1, rows), rows, np.int32)
+        extent = np.zeros(canvas + 1, np.int32)
+        for size, plan in enumerate(plans, start=1):
+            index = _resize_index(*plan.after_pool[block])
+            table[size, : index.size], extent[size] = index, index.size
+        gathers[block], extents[block] = table, extent
+    conv1_1_extent = (sizes + 2 * short_padding - KERNEL + 1).astype(np.int32)
+    return SizeTables(short_padding, conv1_1_extent, gathers, extents)
+
+
+def gather_rows(x: jax.Array, axis: int, index: jax.Array) -> jax.Array:
+    """Per-example row gather along `axis` (1 or 2) of NHWC `x`; out-of-range rows are 0.
+
+    Args:
+      x: (N, H, W, C).
+      axis: 1 (rows) or 2 (columns).
+      index: int32 (N, L), the source of each of the L output rows of each example.
+    """
+    shape = [index.shape[0], 1, 1, 1]
+    shape[axis] = index.shape[1]
+    return jnp.take_along_axis(x, index.reshape(shape), axis=axis, mode="fill", fill_value=0)
+
+
+class CanvasPlan:
+    """Blocks 1-3 of an NHWC input, for the whole input or for per-example image sizes.
+
+    With no framed blocks it is the reference's geometry (conv1_1 padded by `padding`, no
+    resizing). With framed blocks and `sizes=None` it is `FramePlan`; with `sizes` each
+    example gets its own resizing, by `size_tables`.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        padding: int,
+        convs_per_block: tuple[int, ...],
+        sizes: jax.Array | None,
+    ):
+        self.padding, self.framed, self.sizes = padding, bool(convs_per_block), sizes
+        self.static = FramePlan.for_image(height, width, padding, convs_per_block)
+        if self.framed and sizes is not None:
+            self.tables = tuple(
+                size_tables(length, padding, convs_per_block) for length in (height, width)
+            )
+
+    @property
+    def conv1_1_padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The (rows, cols) padding of conv1_1."""
+        return self.static.conv1_1_padding
+
+    def conv1_1_extent(self) -> jax.Array | None:
+        """Each example's (rows, cols) extent of conv1_1's output; None without sizes."""
+        if self.sizes is None:
+            return None
+        if not self.framed:
+            return self.sizes + 2 * self.padding - KERNEL + 1
+        return jnp.stack(self._per_axis(lambda tables: tables.conv1_1_extent), axis=1)
+
+    def after_pool(self, x: jax.Array, block: int) -> tuple[jax.Array, jax.Array | None]:
+        """Resizes the runs of block `block`'s pooled output; returns it and its extents."""
+        if self.sizes is None:
+            return self.static.after_pool(x, block), None
+        rows, cols = self._per_axis(lambda tables: tables.gathers[block])
+        x = gather_rows(gather_rows(x, 1, rows), 2, cols)
+        return x, jnp.stack(self._per_axis(lambda tables: tables.extents[block]), axis=1)
+
+    def _per_axis(self, table_of) -> list[jax.Array]:
+        """Each example's entry of a per-length table, for rows and for columns."""
+        return [
+            jnp.asarray(table_of(tables))[sizes]
+            for tables, sizes in zip(self.tables, self.sizes.T, strict=True)
+        ]

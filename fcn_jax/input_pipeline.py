@@ -1,37 +1,38 @@
 """tf.data input pipelines from the TFDS segmentation builders.
 
 Batches have static shapes for `jax.jit`: every image is placed top-left on a fixed canvas
-(`config.dataset.canvas_size`); the rest of the canvas is 0 in the preprocessed image and void
-(255) in the label, so it never counts in the loss or the metrics.
+(`config.dataset.canvas_size`) and each example carries its image's size, so that the model
+computes for it exactly what the image alone at its own size gives (docs/reference.md §2.5;
+`fcn_jax.models.FCN`, `sizes=`). The rest of the canvas is 0 in the image and void (255) in
+the label, so it never counts in the loss or the metrics either. Images stay uint8 (a quarter
+of the bytes of float32) and are normalised on the device (`fcn_jax.preprocessing`).
 
 Train batches are deterministic given `config.seed` and can start at any step: examples are
 shuffled as serialized records, numbered, and skipped before any decoding; each example's
 augmentation draws from a stateless generator seeded by (seed, example number). A resumed run
-therefore sees exactly the examples an uninterrupted one would.
+therefore sees exactly the examples an uninterrupted one would. Every process reads the same
+global stream and keeps its rows of each global batch, so the batches and the augmentation
+seeds (numbered globally) are the same whatever the number of processes.
 
 Evaluation covers every example of the split once: the last batch is filled with empty
-examples whose `mask` entry is False and whose labels are all void.
+examples whose `mask` entry is False, whose labels are all void and whose size is 0 x 0.
 """
 
+import dataclasses
+import functools
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
 from fcn_jax.losses import VOID
-
-# Per-channel mean of the reference's Caffe VGG16, BGR order, 0-255 scale (§4.4).
-CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
-# torchvision's ImageNet statistics, RGB order, 0-1 scale (§6.4).
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-PREPROCESSING = ("caffe", "torchvision")
+from fcn_jax.preprocessing import PREPROCESSING
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -44,8 +45,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     canvas = tuple(data.canvas_size)
     if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
         raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
-    for field in ("batch_size", "eval_batch_size"):
-        value = config[field]
+    for field, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", eval_batch_size(config)),
+    ):
         if value < 1 or value % jax.device_count() or value % jax.process_count():
             raise ValueError(
                 f"config.{field}={value} must be a positive multiple of the device count "
@@ -56,42 +59,82 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
             "need 0 < min_scale <= max_scale"
         )
+    if data.augment and data.max_scale > 1 and not data.random_crop:
+        raise ValueError(
+            f"config.dataset.max_scale={data.max_scale} with augment=True can scale an image "
+            f"past the canvas {canvas} and stop training: set config.dataset.random_crop=True "
+            "(crops each scaled image to the canvas) or max_scale <= 1"
+        )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
 
 
-def normalize_image(image: Any, preprocessing: str) -> tf.Tensor:
-    """Turns uint8 RGB images (..., H, W, 3) into the network's float32 input.
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global eval batch size, from one place for the pipeline, validation and the loop.
 
-    Args:
-      image: uint8 RGB, numpy or tf.
-      preprocessing: 'caffe' (BGR, 0-255, minus the mean of §4.4: the reference and the Caffe
-        VGG16 weights) or 'torchvision' (RGB, 0-1, ImageNet mean/std: torchvision's VGG16).
+    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
+    multiple of the device count, which is valid on any host.
     """
-    image = tf.cast(image, tf.float32)
-    if preprocessing == "caffe":
-        return image[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
-    if preprocessing == "torchvision":
-        mean, std = tf.constant(TORCHVISION_MEAN), tf.constant(TORCHVISION_STD)
-        return (image / 255.0 - mean) / std
-    raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSING}")
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return -(-config.batch_size // jax.device_count()) * jax.device_count()
 
 
 def _builder(
     config: ml_collections.ConfigDict, name: str | None = None
 ) -> tfds.core.DatasetBuilder:
     """The TFDS builder `name` (default `config.dataset.name`), prepared on first use."""
-    builder = tfds.builder(name or config.dataset.name, data_dir=config.dataset.data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.dataset.manual_dir),
-        )
-    return builder
+    data = config.dataset
+    name = name or data.name
+    _prepare_once(name, data.data_dir, data.manual_dir)
+    return tfds.builder(name, data_dir=data.data_dir)
+
+
+@functools.cache
+def _prepare_once(name: str, data_dir: str | None, manual_dir: str | None) -> None:
+    """Builds dataset `name` if it is missing: process 0 builds while the others wait.
+
+    The first use of each dataset is a barrier of all processes, so nobody races on a shared
+    `data_dir` or reads a half-built dataset.
+    """
+    if jax.process_index() == 0:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"fcn_jax: dataset {name} in {data_dir} prepared")
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str, name: str | None = None) -> int:
     """The number of examples in the whole `split` (all processes) of dataset `name`."""
     return _builder(config, name).info.splits[split].num_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """What an evaluation reads: dataset `name`, its `split`, and the batches per process."""
+
+    name: str
+    split: str
+    num_batches: int
+
+
+def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> EvalData:
+    """The one place that picks the eval dataset and counts its (padded) batches.
+
+    Args:
+      config: reads `dataset.eval_name` (default `dataset.name`: the reference trains on SBD,
+        evaluates on VOC), `dataset.eval_split` and `eval_batch_size`.
+      split: defaults to `config.dataset.eval_split`.
+    """
+    split = split or config.dataset.eval_split
+    name = config.dataset.get("eval_name") or config.dataset.name
+    total = num_examples(config, split, name)
+    # Each process pads its share to the largest share, rounded up to whole local batches:
+    # ceil(ceil(total / P) / (B / P)) == ceil(total / B).
+    return EvalData(name, split, math.ceil(total / eval_batch_size(config)))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -104,19 +147,14 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return len(class_names(config))
 
 
-def denormalize_image(image: np.ndarray, preprocessing: str) -> np.ndarray:
-    """Inverse of `normalize_image` for display: float32 network input -> uint8 RGB."""
-    if preprocessing == "caffe":
-        rgb = (image + np.asarray(CAFFE_BGR_MEAN, np.float32))[..., ::-1]
-    else:
-        rgb = (image * np.asarray(TORCHVISION_STD) + np.asarray(TORCHVISION_MEAN)) * 255.0
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-
-
 def _place_on_canvas(
     image: tf.Tensor, label: tf.Tensor, canvas: tuple[int, int], name: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pads a preprocessed image with 0 and its label with void, bottom/right, to the canvas."""
+) -> dict[str, tf.Tensor]:
+    """Pads an image with 0 and its label with void, bottom/right, to the canvas.
+
+    Returns:
+      {'image': uint8 canvas, 'label': int32 canvas, 'size': int32 (2,) the image's size}.
+    """
     shape = tf.shape(image)
     message = (
         f"image larger than config.dataset.canvas_size={canvas}: enlarge the canvas or set "
@@ -128,7 +166,11 @@ def _place_on_canvas(
         pad = [[0, canvas[0] - shape[0]], [0, canvas[1] - shape[1]]]
         image = tf.pad(image, pad + [[0, 0]])
         label = tf.pad(label, pad, constant_values=VOID)
-    return tf.ensure_shape(image, (*canvas, 3)), tf.ensure_shape(label, canvas)
+    return {
+        "image": tf.ensure_shape(image, (*canvas, 3)),
+        "label": tf.ensure_shape(label, canvas),
+        "size": shape[:2],
+    }
 
 
 def _augment(
@@ -138,7 +180,9 @@ def _augment(
     seeds = tf.random.experimental.stateless_split(seed, 2)
     scale = tf.random.stateless_uniform([], seeds[0], data.min_scale, data.max_scale)
     size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+    size = tf.maximum(size, 1)
     image = tf.image.resize(image, size, method="bilinear")
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
     if data.random_flip:
         flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
@@ -165,28 +209,35 @@ def _train_example_fn(config: ml_collections.ConfigDict, decoder):
 
     def prepare(index: tf.Tensor, example: dict) -> dict:
         seed = tf.stack([tf.cast(config.seed, tf.int64), index])
-        image = normalize_image(decoder(example["image"]), data.preprocessing)
+        image = decoder(example["image"])
         label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
         crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if data.augment:
             image, label = _augment(image, label, augment_seed, data)
         if data.random_crop:
             image, label = _random_crop(image, label, crop_seed, canvas)
-        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
-        return {"image": image, "label": label}
+        return _place_on_canvas(image, label, canvas, example["file_name"])
 
     return prepare
 
 
 def _dataset(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-    """This process's share of `split`, images still encoded, in a fixed order."""
+    """`split` (a TFDS split spec), images still encoded, in a fixed order."""
     options = tf.data.Options()
     options.deterministic = True
     return builder.as_dataset(
-        split=tfds.split_for_jax_process(split),
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
     ).with_options(options)
+
+
+def _this_process_rows(ds: tf.data.Dataset, global_batch: int) -> tf.data.Dataset:
+    """Keeps this process's rows of each global batch of a numbered stream of examples.
+
+    Every process reads the same global stream, so a global batch is the same whatever the
+    process count, and an example's number (its augmentation seed) is global.
+    """
+    local, process = _local_batch(global_batch), jax.process_index()
+    return ds.filter(lambda index, _: (index % global_batch) // local == process)
 
 
 def _local_batch(global_batch: int) -> int:
@@ -204,15 +255,17 @@ def create_train_iterator(
         iterator's k-th batch.
 
     Yields:
-      {'image': float32 (B, H, W, 3), 'label': int32 (B, H, W)}, B = batch_size / processes.
+      {'image': uint8 (B, H, W, 3), 'label': int32 (B, H, W), 'size': int32 (B, 2)}, with
+      B = batch_size / processes and (H, W) the canvas.
     """
     validate_config(config)
     builder = _builder(config)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.batch_size)
     ds = _dataset(builder, config.dataset.train_split)
     ds = ds.shuffle(config.dataset.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().enumerate().skip(start_step * batch)
+    ds = ds.repeat().enumerate().skip(start_step * config.batch_size)
+    ds = _this_process_rows(ds, config.batch_size)
+    batch = _local_batch(config.batch_size)
     ds = ds.map(_train_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
@@ -222,10 +275,9 @@ def _eval_example_fn(config: ml_collections.ConfigDict, decoder):
     canvas = tuple(config.dataset.canvas_size)
 
     def prepare(example: dict) -> dict:
-        image = normalize_image(decoder(example["image"]), config.dataset.preprocessing)
         label = tf.cast(example["segmentation_mask"][..., 0], tf.int32)
-        image, label = _place_on_canvas(image, label, canvas, example["file_name"])
-        return {"image": image, "label": label, "mask": tf.constant(True)}
+        placed = _place_on_canvas(decoder(example["image"]), label, canvas, example["file_name"])
+        return {**placed, "mask": tf.constant(True)}
 
     return prepare
 
@@ -236,30 +288,30 @@ def create_eval_iterator(
     """One pass over this process's share of `split`, every example exactly once.
 
     Args:
-      config: see `validate_config`; reads `eval_batch_size` and `dataset.*`.
-      split: defaults to `config.dataset.eval_split`, of dataset `config.dataset.eval_name`
-        (default `config.dataset.name`: the reference trains on SBD, evaluates on VOC).
+      config: see `validate_config`; reads `eval_batch_size` (see `eval_batch_size`),
+        `batch_size` and `dataset.*`.
+      split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
     Yields:
-      {'image', 'label' as for training, 'mask': bool (B,)}; the last batch is padded with
-      empty examples (mask False, label all void). Every process yields the same number of
-      batches.
+      {'image', 'label', 'size' as for training, 'mask': bool (B,)}; the last batch is padded
+      with empty examples (mask False, label all void, size 0 x 0). Every process yields
+      `eval_data(config, split).num_batches` batches.
     """
     validate_config(config)
-    split = split or config.dataset.eval_split
-    builder = _builder(config, config.dataset.get("eval_name") or config.dataset.name)
+    data = eval_data(config, split)
+    builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example
-    batch = _local_batch(config.eval_batch_size)
-    ds = _dataset(builder, split).map(
+    batch = _local_batch(eval_batch_size(config))
+    ds = _dataset(builder, tfds.split_for_jax_process(data.split)).map(
         _eval_example_fn(config, decoder), num_parallel_calls=tf.data.AUTOTUNE
     )
-    local = builder.info.splits[tfds.split_for_jax_process(split)].num_examples
-    largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
-    padded = math.ceil(largest_share / batch) * batch
+    local = builder.info.splits[tfds.split_for_jax_process(data.split)].num_examples
+    padded = data.num_batches * batch
     canvas = tuple(config.dataset.canvas_size)
     empty = {
-        "image": tf.zeros((*canvas, 3), tf.float32),
+        "image": tf.zeros((*canvas, 3), tf.uint8),
         "label": tf.fill(canvas, VOID),
+        "size": tf.zeros((2,), tf.int32),
         "mask": tf.constant(False),
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(padded - local))

@@ -1,6 +1,6 @@
 """Array operations of the FCN graph with reference semantics and fast gradients.
 
-* `crop`: Caffe's top-left-anchored `Crop` (FCN_REFERENCE.md §2.1).
+* `crop`: Caffe's top-left-anchored `Crop` (docs/reference.md §2.1).
 * `relu_max_pool_ceil`: ReLU then ceil-mode 2x2 max pooling (§1, §2.6).
 * `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
 * `SubpixelConvTranspose`: `nn.ConvTranspose` for the FCN upsampling shape (kernel = 2 x
@@ -66,9 +66,19 @@ def _pool_and_winner(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _first_max(
     a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
-    """Reduction of (value, index) pairs to the largest value, the lower index on ties."""
+    """Reduction of (value, index) pairs to the largest value, the lower index on ties.
+
+    NaN counts as larger than any number, so a NaN anywhere in a window comes out whatever
+    order the reduction takes: the operation stays commutative and associative.
+    """
     (value_a, index_a), (value_b, index_b) = a, b
-    keep_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
+    nan_a, nan_b = jnp.isnan(value_a), jnp.isnan(value_b)
+    first = index_a < index_b
+    keep_a = jnp.where(
+        nan_a | nan_b,
+        nan_a & (~nan_b | first),
+        (value_a > value_b) | ((value_a == value_b) & first),
+    )
     return jnp.where(keep_a, value_a, value_b), jnp.where(keep_a, index_a, index_b)
 
 
@@ -109,22 +119,48 @@ def _relu_pool_bwd(
 relu_max_pool_ceil.defvjp(_relu_pool_fwd, _relu_pool_bwd)
 
 
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+def plain_relu_max_pool_ceil(x: jax.Array) -> jax.Array:
+    """`relu_max_pool_ceil` as XLA's own ReLU and max pooling: the plain path and test oracle."""
+    return nn.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2), padding=_ceil_pad(x))
+
+
+def zero_beyond(x: jax.Array, extents: jax.Array | None) -> jax.Array:
+    """Zeroes every position of NHWC `x` at or past each example's (rows, cols) extent.
+
+    Args:
+      x: (N, H, W, C).
+      extents: int32 (N, 2), or None for "the whole map" (x is returned as it is).
+    """
+    if extents is None:
+        return x
+    rows = jnp.arange(x.shape[1])[None, :, None, None] < extents[:, 0, None, None, None]
+    cols = jnp.arange(x.shape[2])[None, None, :, None] < extents[:, 1, None, None, None]
+    return jnp.where(rows & cols, x, jnp.zeros((), x.dtype))
+
+
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any) -> jax.Array:
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        kernel,
+        (1, 1),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_matmul_grads(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
-    return _conv_nhwc(x, kernel, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_grads(
+    x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any
+) -> jax.Array:
+    return _conv_nhwc(x, kernel, padding, precision)
 
 
-def _matmul_grads_fwd(x, kernel, padding):
-    return _conv_nhwc(x, kernel, padding), (x, kernel)
+def _matmul_grads_fwd(x, kernel, padding, precision):
+    return _conv_nhwc(x, kernel, padding, precision), (x, kernel)
 
 
-def _matmul_grads_bwd(padding, residuals, grad):
+def _matmul_grads_bwd(padding, precision, residuals, grad):
     x, kernel = residuals
     kh, kw, c_in, c_out = kernel.shape
     out_h, out_w = grad.shape[1:3]
@@ -132,19 +168,30 @@ def _matmul_grads_bwd(padding, residuals, grad):
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
     patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
-    dkernel = jnp.einsum("nhwti,nhwo->tio", patches, grad).reshape(kernel.shape)
+    # Both products and the col2im sum accumulate in float32 and are cast once at the end, so
+    # that a bfloat16 gradient is as accurate as XLA's own (fc6 sums 49 slabs per pixel).
+    f32 = jnp.float32
+    dkernel = jnp.einsum(
+        "nhwti,nhwo->tio", patches, grad, precision=precision, preferred_element_type=f32
+    )
     # Input gradient: kernel @ output_grad^T gives every tap's contribution, summed back into
     # place (col2im). Written with the kernel first, XLA reads it in its stored layout; the
     # other way round it transposes fc6's 411 MB kernel every step. XLA drops this branch
     # when nobody asks for it (conv1_1's input).
-    cols = jnp.einsum("tio,nhwo->tinhw", kernel.reshape(kh * kw, c_in, c_out), grad)
+    cols = jnp.einsum(
+        "tio,nhwo->tinhw",
+        kernel.reshape(kh * kw, c_in, c_out),
+        grad,
+        precision=precision,
+        preferred_element_type=f32,
+    )
     dpadded = sum(
         jnp.pad(cols[t].transpose(1, 2, 3, 0), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
         for t, (i, j) in enumerate(taps)
     )
     (top, _), (left, _) = padding
     dx = dpadded[:, top : top + x.shape[1], left : left + x.shape[2]]
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+    return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _conv_matmul_grads.defvjp(_matmul_grads_fwd, _matmul_grads_bwd)
@@ -169,16 +216,17 @@ def conv_with_matmul_grads(
     about 7x faster), fc6's and fc7's (large kernels over a small map: XLA transposes the
     kernel every step, 411 MB for fc6; here neither kernel is copied). Elsewhere XLA's own
     gradients are faster, so only those layers use this. Only the plain case nn.Conv uses
-    here is supported (NHWC, stride 1, no dilation, no groups).
+    here is supported (NHWC, stride 1, no dilation, no groups); `precision` applies to the
+    forward convolution and to both backward matmuls.
     """
-    del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and default precision.
+    del dimension_numbers  # nn.Conv passes NHWC/HWIO.
     if tuple(window_strides) != (1, 1) or feature_group_count != 1:
         raise ValueError("conv_with_matmul_grads supports stride 1 without groups only")
     if any(d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
         raise ValueError("conv_with_matmul_grads does not support dilation")
     if isinstance(padding, str):  # nn.Conv passes "VALID" / "SAME" through unchanged.
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-    return _conv_matmul_grads(lhs, rhs, tuple(tuple(p) for p in padding))
+    return _conv_matmul_grads(lhs, rhs, tuple(tuple(p) for p in padding), precision)
 
 
 class SubpixelConvTranspose(nn.ConvTranspose):

@@ -1,4 +1,4 @@
-"""Pixel-wise softmax cross-entropy with a void label (FCN_REFERENCE.md §4.2)."""
+"""Pixel-wise softmax cross-entropy with a void label (docs/reference.md §4.2)."""
 
 import jax
 import jax.numpy as jnp

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fcn_jax import losses, metrics, models, optim
+from fcn_jax import losses, metrics, models, optim, preprocessing
 
 DATA_AXIS = "data"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -47,10 +47,11 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FCN:
-    """The FCN of `config.model` with the config's width, dtype and upsampling option."""
+    """The FCN of `config.model` in `config.model_geometry`, with the config's options."""
     return models.get_model(
         config.model,
         num_classes,
+        config.model_geometry,
         width=config.width,
         dtype=DTYPES[config.compute_dtype],
         learnable_upsampling=config.learnable_upsampling,
@@ -77,6 +78,11 @@ def create_train_state(
 # ---------------------------------------------------------------------------- steps
 
 
+def model_input(batch: dict, preprocessing_name: str) -> jax.Array:
+    """The network's float input from a batch's uint8 images, normalised on the device."""
+    return preprocessing.normalize(batch["image"], preprocessing_name)
+
+
 def loss_fn(
     params: Any,
     state: TrainState,
@@ -85,10 +91,19 @@ def loss_fn(
     *,
     model: models.FCN,
     reduction: str,
+    preprocessing_name: str,
 ) -> tuple[jax.Array, jax.Array]:
-    """Loss of one (micro-)batch and its number of valid pixels."""
+    """Loss of one (micro-)batch and its number of valid pixels.
+
+    Each example is computed as its image alone at its own size (`batch['size']`), so with
+    the summed reduction the loss is the reference's per-image loss (docs/reference.md §4.2).
+    """
     logits = model.apply(
-        {"params": params, **state.frozen}, batch["image"], train=True, rngs={"dropout": rng}
+        {"params": params, **state.frozen},
+        model_input(batch, preprocessing_name),
+        sizes=batch["size"],
+        train=True,
+        rngs={"dropout": rng},
     )
     return losses.pixel_cross_entropy(logits, batch["label"], reduction=reduction)
 
@@ -101,36 +116,18 @@ def train_step(
     tx: optax.GradientTransformation,
     reduction: str,
     grad_accum_steps: int,
+    preprocessing_name: str,
 ) -> tuple[TrainState, dict]:
     """One optimiser update from a batch, accumulated over `grad_accum_steps` micro-batches."""
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(
-        functools.partial(loss_fn, model=model, reduction=reduction), has_aux=True
+    loss = functools.partial(
+        loss_fn, model=model, reduction=reduction, preprocessing_name=preprocessing_name
     )
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
     if grad_accum_steps == 1:
         (loss, valid), grads = grad_fn(state.params, state, batch, rng)
     else:
-        # Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
-        micro = jax.tree.map(
-            lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-
-        def accumulate(carry, inputs):
-            index, micro_batch = inputs
-            (loss, valid), grads = grad_fn(
-                state.params, state, micro_batch, jax.random.fold_in(rng, index)
-            )
-            return jax.tree.map(jnp.add, carry, (loss, valid, grads)), None
-
-        zeros = (
-            jnp.zeros(()),
-            jnp.zeros((), jnp.int32),
-            jax.tree.map(jnp.zeros_like, state.params),
-        )
-        (loss, valid, grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
-        )
-        loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+        loss, valid, grads = _accumulate(grad_fn, state, batch, rng, reduction, grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
@@ -138,9 +135,56 @@ def train_step(
     return new_state, {"loss": loss, "valid_pixels": valid}
 
 
-def eval_step(variables: dict, batch: dict, *, model: models.FCN) -> tuple[Any, jax.Array]:
-    """The confusion matrix of one batch (padding examples excluded) and the predictions."""
-    logits = model.apply(variables, batch["image"], train=False)
+def _accumulate(
+    grad_fn: Callable,
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    reduction: str,
+    num_micro: int,
+) -> tuple[jax.Array, jax.Array, Any]:
+    """(loss, valid pixels, gradients) of `batch` from `num_micro` micro-batches, as one batch.
+
+    Micro-batch i takes examples i, i + k, i + 2k...: every device holds a share of each.
+    'sum' divides by the images, equally many in each micro-batch, so the big batch's value
+    is the micro-batches' average. 'mean' divides by the valid pixels, which differ between
+    micro-batches (void, canvas padding): each micro-batch's mean is weighted by its count,
+    which sums the micro-batches' sums, and the total is divided once by all valid pixels.
+    """
+    micro = jax.tree.map(lambda x: x.reshape(-1, num_micro, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def add(carry, inputs):
+        index, micro_batch = inputs
+        (loss, valid), grads = grad_fn(
+            state.params, state, micro_batch, jax.random.fold_in(rng, index)
+        )
+        weight = valid.astype(jnp.float32) if reduction == "mean" else jnp.ones(())
+        weighted = jax.tree.map(lambda x: weight * x, (loss, grads))
+        return jax.tree.map(jnp.add, carry, (weighted, valid, weight)), None
+
+    zeros = (
+        (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params)),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros(()),
+    )
+    ((loss, grads), valid, total_weight), _ = jax.lax.scan(
+        add, zeros, (jnp.arange(num_micro), micro)
+    )
+    loss, grads = jax.tree.map(lambda x: x / jnp.maximum(total_weight, 1.0), (loss, grads))
+    return loss, valid, grads
+
+
+def eval_step(
+    variables: dict, batch: dict, *, model: models.FCN, preprocessing_name: str
+) -> tuple[Any, jax.Array]:
+    """The confusion matrix of one batch (padding examples excluded) and the predictions.
+
+    Each example is computed as its image alone at its own size (`batch['size']`): the
+    reference's per-image evaluation (docs/reference.md §5.1) on a static shape.
+    """
+    logits = model.apply(
+        variables, model_input(batch, preprocessing_name), sizes=batch["size"], train=False
+    )
     metric = metrics.ConfusionMatrix.from_model_output(
         logits=logits, labels=batch["label"], example_mask=batch["mask"]
     )
@@ -184,6 +228,7 @@ def jit_train_step(
         tx=tx,
         reduction=config.loss_reduction,
         grad_accum_steps=config.grad_accum_steps,
+        preprocessing_name=config.dataset.preprocessing,
     )
     return jax.jit(
         step,
@@ -193,10 +238,10 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(model: models.FCN, mesh: Mesh) -> Callable:
-    """The eval step jitted over `mesh`."""
+def jit_eval_step(model: models.FCN, mesh: Mesh, preprocessing_name: str) -> Callable:
+    """The eval step jitted over `mesh`, for images normalised as `preprocessing_name` says."""
     return jax.jit(
-        functools.partial(eval_step, model=model),
+        functools.partial(eval_step, model=model, preprocessing_name=preprocessing_name),
         in_shardings=(replicated(mesh), batch_sharding(mesh)),
         out_shardings=(replicated(mesh), batch_sharding(mesh)),
     )

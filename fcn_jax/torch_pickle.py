@@ -7,7 +7,7 @@ Both serialisation formats written by `torch.save` are supported:
 * **legacy** (torch < 1.6, or `_use_new_zipfile_serialization=False`): a plain stream of
   pickles -- magic number, protocol version, sys_info, the object, the list of storage keys --
   followed by every storage's raw bytes, each preceded by its element count as an int64.
-  The published `*_from_caffe.pth` files (§6.2 of FCN_REFERENCE.md) date from 2017 and may be
+  The published `*_from_caffe.pth` files (docs/reference.md §6.2) date from 2017 and may be
   in this format.
 
 In both formats a tensor is pickled as a call to `torch._utils._rebuild_tensor_v2(storage,

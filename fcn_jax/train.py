@@ -1,61 +1,41 @@
-"""Training and evaluation: the loop around the steps of `fcn_jax.steps`.
+"""Training: the loop around the steps of `fcn_jax.steps`.
 
 It builds the model and the state from the config, feeds the tf.data pipeline to the jitted
-train step, evaluates, checkpoints and writes summaries.
+train step, evaluates (`fcn_jax.evaluation`), checkpoints and writes summaries.
 
-Entry points: `train_and_evaluate(config, workdir)`, `evaluate_model(...)`, `predict(...)`.
+Entry point: `train_and_evaluate(config, workdir)`.
 """
 
-import json
+import collections
+import contextlib
+import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
 
-from fcn_jax import checkpoint, input_pipeline, losses, models, optim, steps, visualize, weights
-
-# ---------------------------------------------------------------------------- configuration
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every config field before anything compiles; ValueError names the field."""
-    if config.model not in models.MODELS:
-        raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
-    if config.compute_dtype not in steps.DTYPES:
-        raise ValueError(
-            f"config.compute_dtype={config.compute_dtype!r}: use one of {list(steps.DTYPES)}"
-        )
-    if config.init.kind not in ("random", "vgg16", "pytorch_fcn", "stage"):
-        raise ValueError(f"config.init.kind={config.init.kind!r} is unknown")
-    if config.loss_reduction not in losses.REDUCTIONS:
-        raise ValueError(
-            f"config.loss_reduction={config.loss_reduction!r}: use {losses.REDUCTIONS}"
-        )
-    local_batch = config.batch_size // jax.process_count()
-    if config.grad_accum_steps < 1 or local_batch % config.grad_accum_steps:
-        raise ValueError(
-            f"config.grad_accum_steps={config.grad_accum_steps} must divide the per-process "
-            f"batch ({local_batch})"
-        )
-    for field in (
-        "num_train_steps",
-        "log_every_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-    ):
-        if config[field] < 1:
-            raise ValueError(f"config.{field}={config[field]} must be >= 1")
-    optim.validate_config(config)
-    input_pipeline.validate_config(config)
-
+from fcn_jax import (
+    checkpoint,
+    config_checks,
+    evaluation,
+    input_pipeline,
+    models,
+    optim,
+    steps,
+    visualize,
+    weights,
+)
+from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- state
 
@@ -63,99 +43,141 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array) -> dict:
     """The variables training starts from, as `config.init` says (§3)."""
     init = config.init
-    options = dict(learnable_upsampling=config.learnable_upsampling)
+    options = dict(learnable_upsampling=config.learnable_upsampling, geometry=config.model_geometry)
     if init.kind == "random":
         return models.init_variables(model, rng)
     path = init.path
     if init.kind == "vgg16":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_vgg16(
             path, config.model, model.num_classes, width=config.width, **options
         )
     if init.kind == "pytorch_fcn":
-        path = path or weights.fetch_weights(init.weights)
+        path = path or fetch_weights(init.weights)
         return weights.load_pytorch_fcn(path, config.model, width=config.width, **options)
     # "stage": a trained coarser FCN, from one of our workdirs or a pytorch-fcn file (§3.1).
     if path is None:
         raise ValueError("config.init.kind='stage' needs config.init.path (a workdir or .pth)")
-    source = load_variables(path, init.source_model, config, model.num_classes)
+    source = evaluation.load_variables(path, init.source_model, config, model.num_classes)
     return weights.stage_variables(source, models.init_variables(model, rng))
 
 
-def load_variables(
-    path: str, model_name: str, config: ml_collections.ConfigDict, num_classes: int
-) -> dict:
-    """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
-    if str(path).endswith((".pth", ".pt", ".tar")):
-        return weights.load_pytorch_fcn(
-            path, model_name, width=config.width, learnable_upsampling=config.learnable_upsampling
-        )
-    return checkpoint.restore_variables(path)
+# ---------------------------------------------------------------------------- preemption
 
 
-# ---------------------------------------------------------------------------- evaluation
+class SigtermFlag:
+    """Set when this process receives SIGTERM; `agreed` tells whether any process has."""
+
+    received = False
+
+    def agreed(self) -> bool:
+        """Whether any process has received SIGTERM.
+
+        A collective: every process calls it at the same steps, all get the same answer.
+        """
+        if jax.process_count() == 1:
+            return self.received
+        flags = multihost_utils.process_allgather(np.int32(self.received))
+        return bool(np.any(flags))
 
 
-def evaluate(
-    variables: dict,
-    eval_step_fn: Callable,
-    batches: Iterator[dict],
-    mesh: Mesh,
-    *,
-    num_batches: int,
-    keep_predictions: int = 0,
-) -> tuple[dict, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Runs one pass; the confusion matrix is summed on the device and pulled once.
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[SigtermFlag]:
+    """Catches SIGTERM (a preempted VM) for the duration; restores the old handler after.
 
-    Returns:
-      (scores of `fcn_jax.metrics.scores`, up to `keep_predictions` (image, label,
-      prediction) triples of this process for visualisation).
+    The handler only sets a flag: saving from inside a signal handler could catch the train
+    state between a donated step input and its output, and in a multi-process job the other
+    processes must save the same step (`SigtermFlag.agreed`).
     """
-    total, kept = None, []
-    report_every = max(1, num_batches // 10)
-    for index, local in enumerate(batches, start=1):
-        metric, predictions = eval_step_fn(variables, steps.global_batch(mesh, local))
-        total = metric if total is None else total.merge(metric)
-        if len(kept) < keep_predictions:
-            local_predictions = _local_rows(predictions)
-            for i in np.flatnonzero(local["mask"])[: keep_predictions - len(kept)]:
-                kept.append((local["image"][i], local["label"][i], local_predictions[i]))
-        if index % report_every == 0 or index == num_batches:
-            logging.info("evaluation: batch %d/%d", index, num_batches)
-    return total.compute(), kept
+    flag = SigtermFlag()
 
+    def handler(signum, frame):
+        del signum, frame
+        flag.received = True
 
-def _local_rows(array: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order."""
-    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
-
-
-def log_scores(step: int, split: str, scores: dict, class_names: list[str], workdir: str) -> None:
-    """Logs a per-class IoU table and appends a JSON line to WORKDIR/eval_results.jsonl."""
-    rows = [
-        f"{name:>14s} {iou:7.2%}"
-        for name, iou in zip(class_names, scores["per_class_iou"], strict=True)
-    ]
-    logging.info(
-        "step %d, %s: mean IoU %.4f, pixel acc %.4f, mean acc %.4f, fw IoU %.4f\n%s",
-        step, split, scores["mean_iou"], scores["pixel_accuracy"], scores["mean_accuracy"],
-        scores["fw_iou"], "\n".join(rows),
-    )  # fmt: skip
-    if jax.process_index() == 0:
-        record = {"step": int(step), "split": split, **scores}
-        with (epath.Path(workdir) / "eval_results.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- the loop
 
 
-class _Trainer:
+def prefetch_to_device(
+    batches: Iterator[dict], mesh: jax.sharding.Mesh, size: int = 2
+) -> Iterator[dict]:
+    """Global batches put on the devices `size` steps ahead of the step that uses them.
+
+    `jax.make_array_from_process_local_data` only starts the copies, so the next batches
+    travel while the current step runs. These copies are the loop's only transfers: they are
+    allowed even where a `jax.transfer_guard` forbids the rest.
+    """
+    queue = collections.deque()
+
+    def enqueue(n: int) -> None:
+        for local in itertools.islice(batches, n):
+            with jax.transfer_guard_host_to_device("allow"):
+                queue.append(steps.global_batch(mesh, local))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
+
+
+@jax.jit
+def _update_health(health: dict, loss: jax.Array, step: jax.Array) -> dict:
+    """On the device: whether every loss since the start was finite, and the first bad step."""
+    finite = jnp.isfinite(loss)
+    return {
+        "finite": health["finite"] & finite,
+        "first_bad_step": jnp.where(health["finite"] & ~finite, step, health["first_bad_step"]),
+        "loss": loss,
+    }
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def data_stream(config: ml_collections.ConfigDict) -> dict:
+    """What decides which examples step k trains on; a resumed run must not change it.
+
+    The process count is recorded but may change: every process reads the same global
+    stream and keeps its own slice of each batch (`fcn_jax.input_pipeline`).
+    """
+    data = config.dataset
+    return {
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "dataset.name": data.name,
+        "dataset.train_split": data.train_split,
+        "dataset.shuffle_buffer": data.shuffle_buffer,
+        "dataset.canvas_size": list(data.canvas_size),
+        "process_count": jax.process_count(),
+    }
+
+
+def check_data_stream(recorded: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises ValueError naming the first field of the data stream a resumed run changes."""
+    current = data_stream(config)
+    for field, value in recorded.items():
+        if field != "process_count" and current.get(field) != value:
+            raise ValueError(
+                f"{workdir} was trained with config.{field}={value!r}; this run has "
+                f"{current.get(field)!r}. Resuming would change the examples each step sees: "
+                "restore the value or train in a new workdir."
+            )
+
+
+class Trainer:
     """The pieces of one training run, built once; `run` is the loop."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        validate_config(config)
+        config_checks.validate_config(config)
         self.config, self.workdir = config, workdir
         self.mesh = steps.make_mesh()
         self.class_names = input_pipeline.class_names(config)
@@ -166,8 +188,12 @@ class _Trainer:
         self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
         self.state, self.tx = self._initial_state()
         self.train_step = steps.jit_train_step(config, self.model, self.tx, self.mesh)
-        self.eval_step = steps.jit_eval_step(self.model, self.mesh)
+        self.eval_step = steps.jit_eval_step(self.model, self.mesh, config.dataset.preprocessing)
         self.lr = optim.learning_rate_schedule(config)
+        self.health = jax.device_put(
+            {"finite": np.bool_(True), "first_bad_step": np.int32(-1), "loss": np.float32(0)},
+            steps.replicated(self.mesh),
+        )
 
     def _initial_state(self) -> tuple[steps.TrainState, optax.GradientTransformation]:
         # A raw uint32 key (not a typed key array) so orbax can save it with the state.
@@ -179,7 +205,8 @@ class _Trainer:
                     self.config, models.init_variables(self.model, init_rng), rng
                 )[0]
             )
-            state = self.checkpoints.restore_latest(abstract, steps.replicated(self.mesh))
+            state, stream = self.checkpoints.restore_latest(abstract, steps.replicated(self.mesh))
+            check_data_stream(stream, self.config, self.workdir)
             logging.info("resumed from step %d", int(state.step))
             return state, optim.create_optimizer(self.config, state.params)
         variables = initial_variables(self.config, self.model, init_rng)
@@ -188,148 +215,133 @@ class _Trainer:
         return jax.device_put(state, steps.replicated(self.mesh)), tx
 
     def evaluate(self, step: int) -> dict:
+        """Evaluates the current parameters; logs, writes and returns the scores."""
         config = self.config
-        split = config.dataset.eval_split
-        name = config.dataset.get("eval_name") or config.dataset.name
-        per_batch = config.eval_batch_size
-        num_batches = -(-input_pipeline.num_examples(config, split, name) // per_batch)
-        scores, kept = evaluate(
+        data = input_pipeline.eval_data(config)
+        scores, kept = evaluation.evaluate(
             self.state.variables(),
             self.eval_step,
-            input_pipeline.create_eval_iterator(config),
+            input_pipeline.create_eval_iterator(config, data.split),
             self.mesh,
-            num_batches=num_batches,
+            num_batches=data.num_batches,
             keep_predictions=config.num_predictions_to_save,
         )
-        log_scores(step, split, scores, self.class_names, self.workdir)
+        evaluation.log_scores(step, data.split, scores, self.class_names, self.workdir)
         self.writer.write_scalars(
             step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
         )
         if kept and jax.process_index() == 0:
-            panels = visualize.prediction_panels(kept, config.dataset.preprocessing)
+            panels = visualize.prediction_panels(kept)
             self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
             visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
         return scores
 
     def run(self) -> dict:
-        """Trains to `config.num_train_steps`; returns the last evaluation's scores."""
+        """Trains to `config.num_train_steps`; returns the last evaluation's scores.
+
+        Between sync steps (log, eval and checkpoint steps, and the last) the loop never waits
+        for the device: nothing moves from a device to the host (`jax.transfer_guard`), the
+        batches are sent ahead. At a sync step the loop checks that every loss since the
+        start was finite, agrees with the other processes on preemption, logs, evaluates and
+        saves.
+        """
         config = self.config
-        start = int(self.state.step)
-        batches = input_pipeline.create_train_iterator(config, start_step=start)
+        step = int(self.state.step)
+        if step >= config.num_train_steps:
+            return self._finished_scores(step)
+        batches = prefetch_to_device(
+            input_pipeline.create_train_iterator(config, start_step=step), self.mesh
+        )
         report = periodic_actions.ReportProgress(
             num_train_steps=config.num_train_steps, writer=self.writer
         )
-        scores, self._window_start = {}, time.perf_counter()
+        scores, self._window = {}, (step, time.perf_counter())
         try:
-            with checkpoint.sigterm_flag() as sigterm:
-                for step in range(start + 1, config.num_train_steps + 1):
-                    if sigterm.received:
-                        self._save()
-                        logging.warning("SIGTERM: saved step %d, exiting", step - 1)
-                        raise SystemExit(128 + signal.SIGTERM)
-                    loss = self._step(step, next(batches))
-                    report(step)
-                    scores = self._periodic(step, loss) or scores
+            with sigterm_flag() as sigterm:
+                while step < config.num_train_steps:
+                    stop = self._next_sync_step(step)
+                    with jax.transfer_guard("disallow"):
+                        for k in range(step + 1, stop + 1):
+                            self.step(next(batches))
+                            report(k)
+                    step = stop
+                    scores = self._sync(step, sigterm) or scores
         finally:
             # Pending asynchronous saves of good states finish even when a NaN stops the run.
             self.checkpoints.wait()
         return scores
 
-    def _step(self, step: int, local_batch: dict) -> float:
-        self.state, out = self.train_step(self.state, steps.global_batch(self.mesh, local_batch))
-        loss = float(out["loss"])
-        if not np.isfinite(loss):
-            # Raised before this state is saved: the last good checkpoint stays the latest.
-            raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
-        return loss
+    def _next_sync_step(self, step: int) -> int:
+        config = self.config
+        intervals = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
+        return min(config.num_train_steps, *(step - step % n + n for n in intervals))
 
-    def _periodic(self, step: int, loss: float) -> dict | None:
-        """Logging, evaluation and checkpointing when their intervals come round."""
+    def step(self, batch: dict) -> None:
+        """One train step on a global batch; nothing is copied to the host."""
+        self.state, out = self.train_step(self.state, batch)
+        self.health = _update_health(self.health, out["loss"], self.state.step)
+
+    def _sync(self, step: int, sigterm: SigtermFlag) -> dict | None:
+        """Health check, logging, evaluation, checkpointing and preemption at a sync step."""
         config, last = self.config, step == self.config.num_train_steps
+        health = jax.device_get(self.health)
+        if not health["finite"]:
+            # Raised before this state is saved: the last good checkpoint stays the latest.
+            raise FloatingPointError(
+                f"loss is not finite at step {health['first_bad_step']}; stopping at step "
+                f"{step}, the last checkpoint is the last good state"
+            )
         scores = None
         if step % config.log_every_steps == 0 or last:
-            now = time.perf_counter()
-            self._log_train(step, loss, now - self._window_start)
-            self._window_start = now
+            self._log_train(step, float(health["loss"]))
         if step % config.eval_every_steps == 0 or last:
             scores = self.evaluate(step)
             self.checkpoints.save_best(step, self.state.variables(), scores["mean_iou"])
         if step % config.checkpoint_every_steps == 0 or last:
             self._save()
+        if sigterm.agreed():
+            self._save()
+            self.checkpoints.wait()
+            logging.warning("SIGTERM: saved step %d, exiting", step)
+            raise SystemExit(128 + signal.SIGTERM)
         return scores
 
     def _save(self) -> None:
-        self.checkpoints.save(int(self.state.step), self.state)
+        if not bool(_all_finite(self.state.params)):
+            raise FloatingPointError(
+                f"parameters not finite at step {int(self.state.step)}; not saved, stopping"
+            )
+        self.checkpoints.save(int(self.state.step), self.state, data_stream(self.config))
 
-    def _log_train(self, step: int, loss: float, elapsed: float) -> None:
-        steps = self.config.log_every_steps
-        images_per_s = steps * self.config.batch_size / max(elapsed, 1e-9)
+    def _log_train(self, step: int, loss: float) -> None:
+        start_step, start_time = self._window
+        now = time.perf_counter()
+        self._window = (step, now)
+        images_per_s = (step - start_step) * self.config.batch_size / max(now - start_time, 1e-9)
         self.writer.write_scalars(
             step,
             {"train/loss": loss, "train/learning_rate": float(self.lr(step)),
              "train/images_per_second": images_per_s},
         )  # fmt: skip
 
+    def _finished_scores(self, step: int) -> dict:
+        """The final scores of a finished workdir: its last evaluation at `step`, or a new one."""
+        split = input_pipeline.eval_data(self.config).split
+        for record in reversed(evaluation.read_scores(self.workdir)):
+            if record["step"] == step and record["split"] == split:
+                logging.info("%s is already trained to step %d", self.workdir, step)
+                return record
+        return self.evaluate(step)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from WORKDIR's latest checkpoint if any), evaluating periodically.
+
+    A workdir already trained to `config.num_train_steps` is not trained further: its final
+    scores are returned.
 
     Returns:
       The scores of the last evaluation (see `fcn_jax.metrics.scores`).
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    return _Trainer(config, workdir).run()
-
-
-# ---------------------------------------------------------------------------- eval / predict
-
-
-def _trained_variables(
-    config: ml_collections.ConfigDict, workdir: str, weights_path: str | None
-) -> tuple[models.FCN, dict]:
-    """The model and its trained variables: a pytorch-fcn file, else WORKDIR's checkpoint."""
-    validate_config(config)
-    model = steps.create_model(config, input_pipeline.num_classes(config))
-    path = weights_path or workdir
-    return model, load_variables(path, config.model, config, model.num_classes)
-
-
-def evaluate_model(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    weights_path: str | None = None,
-    split: str | None = None,
-) -> dict:
-    """Evaluates trained variables on `split` (default the config's eval split).
-
-    Appends the scores to WORKDIR/eval_results.jsonl (step -1 for imported weights).
-    """
-    model, variables = _trained_variables(config, workdir, weights_path)
-    mesh = steps.make_mesh()
-    split = split or config.dataset.eval_split
-    name = config.dataset.get("eval_name") or config.dataset.name
-    num_batches = -(-input_pipeline.num_examples(config, split, name) // config.eval_batch_size)
-    scores, _ = evaluate(
-        jax.device_put(variables, steps.replicated(mesh)),
-        steps.jit_eval_step(model, mesh),
-        input_pipeline.create_eval_iterator(config, split),
-        mesh,
-        num_batches=num_batches,
-    )
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    log_scores(-1, split, scores, input_pipeline.class_names(config), workdir)
-    return scores
-
-
-def predict(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    weights_path: str | None,
-    inputs: list[str],
-    output_dir: str,
-) -> list:
-    """Segments image files with trained variables; see `fcn_jax.predict.predict_files`."""
-    from fcn_jax import predict as predict_lib
-
-    model, variables = _trained_variables(config, workdir, weights_path)
-    return predict_lib.predict_files(config, model, variables, inputs, output_dir)
+    return Trainer(config, workdir).run()

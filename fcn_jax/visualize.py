@@ -4,7 +4,6 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from fcn_jax import input_pipeline
 from fcn_jax.datasets import voc_palette
 from fcn_jax.losses import VOID
 
@@ -22,14 +21,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def prediction_panels(
-    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], preprocessing: str
+    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 ) -> list[np.ndarray]:
-    """(network input, label, prediction) triples -> uint8 panels image | truth | prediction."""
-    panels = []
-    for image, label, prediction in examples:
-        rgb = input_pipeline.denormalize_image(image, preprocessing)
-        panels.append(np.concatenate([rgb, colorize(label), colorize(prediction)], axis=1))
-    return panels
+    """(uint8 RGB image, label, prediction) triples -> uint8 panels image | truth | prediction."""
+    return [
+        np.concatenate([image, colorize(label), colorize(prediction)], axis=1)
+        for image, label, prediction in examples
+    ]
 
 
 def save_panels(panels: list[np.ndarray], directory: epath.Path, step: int) -> list[epath.Path]:

@@ -5,33 +5,30 @@
 * `load_vgg16`: an ImageNet VGG16 in torchvision key layout -> variables of an FCN whose
   backbone and fc6/fc7 come from VGG16 and whose heads have the reference init (§3.1).
 * `stage_variables`: staged training (FCN-32s -> 16s -> 8s), copy by name (§3.1).
-* `fetch_weights`: the published files, downloaded once into a cache folder and md5-checked.
 
-Layouts (§6.3, §8 of FCN_REFERENCE.md): a PyTorch conv weight (out, in, kh, kw) becomes a Flax
+The published files themselves are fetched and checksummed by `fcn_jax.weight_files`.
+
+Layouts (docs/reference.md §6.3, §8): a PyTorch conv weight (out, in, kh, kw) becomes a Flax
 kernel (kh, kw, in, out). A PyTorch/Caffe transposed-conv weight (in, out, kh, kw) becomes
 (kh, kw, in, out) *spatially flipped*, because Flax's `nn.ConvTranspose` (transpose_kernel=False)
-correlates the dilated input with its kernel instead of scattering it (STACK_NOTES.md); the
-bilinear kernels are symmetric and hide a missing flip, learned ones do not.
+correlates the dilated input with its kernel as stored instead of scattering it; the bilinear
+kernels are symmetric and hide a missing flip, learned ones do not.
 
 `.pth` files are read by `fcn_jax.torch_pickle`, a restricted unpickler: no torch, no code
 execution.
 """
 
 import dataclasses
-import hashlib
 import os
-import pathlib
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from fcn_jax import torch_pickle
+from fcn_jax import simple_models, torch_pickle
 from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, bilinear_kernel, get_model, init_variables
 
 Variables = dict[str, Any]
@@ -105,9 +102,13 @@ def _to_flax(slot: _Slot, value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
 
 
-def _slots(name: str, num_classes: int, width: float, learnable_upsampling: bool) -> dict:
+def _slots(
+    name: str, num_classes: int, width: float, learnable_upsampling: bool, geometry: str
+) -> dict:
     """PyTorch key -> `_Slot` for every variable of the model, from its abstract init."""
-    model = get_model(name, num_classes, width=width, learnable_upsampling=learnable_upsampling)
+    model = get_model(
+        name, num_classes, geometry, width=width, learnable_upsampling=learnable_upsampling
+    )
     # eval_shape: shapes only, no 134M-parameter allocation.
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     slots = {}
@@ -168,6 +169,7 @@ def fcn_variables_from_state_dict(
     num_classes: int | None = None,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
 ) -> Variables:
     """Converts a pytorch-fcn state_dict (keys of §6.3) into Flax variables of `name`.
 
@@ -178,6 +180,8 @@ def fcn_variables_from_state_dict(
       width: defaults to (fc6 output channels) / 4096, as `get_model`'s `width`.
       learnable_upsampling: put the transposed-conv kernels in `params` instead of
         `upsampling`, as the model built with the same option expects.
+      geometry: "reference" or "simple" (`get_model`); a simple-geometry state_dict has the
+        same key names, with 1x1 fc6/fc7.
 
     Returns:
       `{'params': ..., 'upsampling': ...}` ready for `get_model(name, num_classes,
@@ -192,7 +196,7 @@ def fcn_variables_from_state_dict(
         num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 21
     if width is None:
         width = _width_from(state, "fc6.bias")
-    slots = _slots(name, num_classes, width, learnable_upsampling)
+    slots = _slots(name, num_classes, width, learnable_upsampling, geometry)
     _check_tensors(state, slots, {})
     return _assemble(state, slots)
 
@@ -204,6 +208,7 @@ def load_pytorch_fcn(
     num_classes: int | None = None,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
 ) -> Variables:
     """Loads a pytorch-fcn checkpoint (e.g. `fcn8s_from_caffe.pth`) as Flax variables.
 
@@ -214,9 +219,10 @@ def load_pytorch_fcn(
       num_classes: defaults to the file's (length of `score_fr.bias`).
       width: defaults to the file's ((fc6 output channels) / 4096).
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: see `fcn_variables_from_state_dict`.
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: the file does not fit the model; the message names every offending tensor.
@@ -227,6 +233,7 @@ def load_pytorch_fcn(
         num_classes=num_classes,
         width=width,
         learnable_upsampling=learnable_upsampling,
+        geometry=geometry,
     )
 
 
@@ -261,6 +268,8 @@ def vgg16_variables_from_state_dict(
     *,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
+    rng: jax.Array | None = None,
 ) -> Variables:
     """Initialises FCN `name` from a torchvision-layout VGG16 state_dict (§3.1, §6.4).
 
@@ -275,9 +284,14 @@ def vgg16_variables_from_state_dict(
       num_classes: classes of the new score layers.
       width: defaults to (classifier.0 output features) / 4096.
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: "reference", or "simple" (`fcn_jax.simple_models`): its 1x1 fc6/fc7 cannot
+        take VGG's fc weights, so VGG's classifier is read but dropped and fc6/fc7 get
+        `simple_models.FC_KERNEL_INIT` (He normal) and zero biases, drawn from `rng`
+        (default key 0); a log line names them.
+      rng: key for the layers VGG16 does not provide (simple geometry only).
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: naming every missing, unexpected or wrongly shaped tensor (by its VGG name).
@@ -289,7 +303,8 @@ def vgg16_variables_from_state_dict(
     fc6_vgg = next(k for k, v in layout.items() if v == "fc6")
     if width is None:
         width = _width_from(state, f"{fc6_vgg}.bias")
-    slots = _slots(name, num_classes, width, learnable_upsampling)
+    slots = _slots(name, num_classes, width, learnable_upsampling, geometry)
+    fresh = simple_models.FRESH_LAYERS if geometry == "simple" else ()
 
     # Messages name tensors as the file does; keys outside the mapping stay distinct from
     # FCN names, so an FCN checkpoint passed here by mistake is rejected, not half-loaded.
@@ -301,6 +316,8 @@ def vgg16_variables_from_state_dict(
         if key in _VGG_DISCARDED:
             continue
         prefix, _, leaf = key.rpartition(".")
+        if vgg_to_fcn.get(prefix) in fresh:
+            continue
         fcn_key = f"{vgg_to_fcn[prefix]}.{leaf}" if prefix in vgg_to_fcn else f"vgg:{key}"
         names.setdefault(fcn_key, key)
         if fcn_key in slots and value.ndim == 2 and leaf == "weight":
@@ -310,14 +327,29 @@ def vgg16_variables_from_state_dict(
             if value.shape[1] % (kh * kw) == 0:
                 value = value.reshape(value.shape[0], value.shape[1] // (kh * kw), kh, kw)
         fcn_state[fcn_key] = value
-    vgg_slots = {k: s for k, s in slots.items() if s.layer.startswith(("conv", "fc"))}
+    vgg_slots = {
+        k: s
+        for k, s in slots.items()
+        if s.layer.startswith(("conv", "fc")) and s.layer not in fresh
+    }
     _check_tensors(fcn_state, vgg_slots, names)
 
     variables = _assemble(fcn_state, vgg_slots)
+    keys = iter(jax.random.split(jax.random.key(0) if rng is None else rng, len(slots)))
     for key, slot in slots.items():
         if key not in vgg_slots:
             layer = variables.setdefault(slot.collection, {}).setdefault(slot.layer, {})
-            layer[slot.leaf] = jnp.asarray(_head_init(slot))
+            if slot.layer in fresh:
+                layer[slot.leaf] = simple_models.fresh_init(next(keys), slot.leaf, slot.flax_shape)
+            else:
+                layer[slot.leaf] = jnp.asarray(_head_init(slot))
+    if fresh:
+        logging.info(
+            "load_vgg16(%s, geometry=simple): 13 conv layers from VGG16; %s initialised "
+            "(He normal kernels, zero biases)",
+            name,
+            ", ".join(fresh),
+        )
     return variables
 
 
@@ -338,6 +370,8 @@ def load_vgg16(
     *,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
+    rng: jax.Array | None = None,
 ) -> Variables:
     """Initialises FCN `name` from an ImageNet VGG16 `.pth` in torchvision layout.
 
@@ -351,9 +385,11 @@ def load_vgg16(
       num_classes: classes of the (zero-initialised) score layers.
       width: defaults to the file's ((classifier.0 output features) / 4096).
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: "reference" or "simple"; see `vgg16_variables_from_state_dict`.
+      rng: see `vgg16_variables_from_state_dict`.
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: naming every missing, unexpected or wrongly shaped tensor.
@@ -364,6 +400,8 @@ def load_vgg16(
         num_classes,
         width=width,
         learnable_upsampling=learnable_upsampling,
+        geometry=geometry,
+        rng=rng,
     )
 
 
@@ -415,207 +453,3 @@ def stage_variables(source: Mapping[str, Any], target: Mapping[str, Any]) -> Var
     if mismatched:
         raise ValueError("cannot stage, shapes differ:\n  " + "\n  ".join(mismatched))
     return staged
-
-
-# ---------------------------------------------------------------------------------------------
-# Published files (§6.2) and a download helper
-# ---------------------------------------------------------------------------------------------
-
-_DRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightFile:
-    """A published weight file.
-
-    Attributes:
-      filename: name of the file in the cache folder.
-      url: where `fetch_weights` downloads it from.
-      md5: expected md5 hex digest, or None when only `sha256_prefix` is known.
-      sha256_prefix: leading hex digits of the sha256 (torchvision names its files by them).
-      page: where a person can download it by hand (defaults to `url`).
-      description: what the file is.
-    """
-
-    filename: str
-    url: str
-    md5: str | None = None
-    sha256_prefix: str | None = None
-    page: str | None = None
-    description: str = ""
-
-    def checksum_text(self) -> str:
-        """The expected checksum as printed in messages."""
-        if self.md5:
-            return f"md5 {self.md5}"
-        return f"sha256 starting {self.sha256_prefix}"
-
-
-def _drive_file(filename: str, drive_id: str, md5: str, description: str) -> WeightFile:
-    return WeightFile(
-        filename=filename,
-        url=_DRIVE.format(drive_id),
-        md5=md5,
-        page=f"https://drive.google.com/uc?id={drive_id}",
-        description=description,
-    )
-
-
-# Google Drive ids and md5s from pytorch-fcn (§6.2, current ids after 2021-08-23).
-WEIGHT_FILES: dict[str, WeightFile] = {
-    "vgg16_from_caffe": _drive_file(
-        "vgg16_from_caffe.pth",
-        "1adDBTGY3GcEB_47dvcibajyzi872RAs3",
-        "aa75b158f4181e7f6230029eb96c1b13",
-        "Caffe ILSVRC VGG16 in torchvision layout (for load_vgg16; BGR, mean-subtracted)",
-    ),
-    "fcn32s": _drive_file(
-        "fcn32s_from_caffe.pth",
-        "11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f",
-        "d3eb467a80e7da0468a20dfcbc13e6c8",
-        "voc-fcn32s (Caffe, converted by pytorch-fcn)",
-    ),
-    "fcn16s": _drive_file(
-        "fcn16s_from_caffe.pth",
-        "1bctu58B6YH9bu6lBBSBB2rUeGlGhYLoP",
-        "a2d4035f669f09483b39c9a14a0d6670",
-        "voc-fcn16s (Caffe, converted by pytorch-fcn)",
-    ),
-    "fcn8s": _drive_file(
-        "fcn8s_from_caffe.pth",
-        "1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI",
-        "de93e540ec79512f8770033849c8ae89",
-        "voc-fcn8s (Caffe, converted by pytorch-fcn)",
-    ),
-    "fcn8s_atonce": _drive_file(
-        "fcn8s-atonce_from_caffe.pth",
-        "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
-        "bfed4437e941fef58932891217fe6464",
-        "voc-fcn8s-atonce (Caffe, converted by pytorch-fcn)",
-    ),
-    "vgg16_torchvision": WeightFile(
-        filename="vgg16-397923af.pth",
-        url="https://download.pytorch.org/models/vgg16-397923af.pth",
-        sha256_prefix="397923af",
-        description="torchvision's ImageNet VGG16 (RGB, ImageNet mean/std; not the FCN recipe)",
-    ),
-}
-
-CACHE_ENV = "FCN_JAX_CACHE"
-_CHUNK = 1 << 20
-
-
-class WeightsUnavailableError(RuntimeError):
-    """A weight file could not be found, downloaded or verified."""
-
-
-def default_cache_dir() -> pathlib.Path:
-    """`$FCN_JAX_CACHE` if set, else `~/.cache/fcn_jax`."""
-    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "fcn_jax")
-
-
-def _digests(path: pathlib.Path) -> tuple[str, str]:
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return md5.hexdigest(), sha256.hexdigest()
-
-
-def _checksum_ok(spec: WeightFile, path: pathlib.Path) -> bool:
-    md5, sha256 = _digests(path)
-    if spec.md5:
-        return md5 == spec.md5.lower()
-    return sha256.startswith((spec.sha256_prefix or "").lower())
-
-
-def _unavailable(spec: WeightFile, dest: pathlib.Path, reason: str) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f"{reason}\n"
-        f"Get {spec.filename} ({spec.description or 'weights'}) by hand from\n"
-        f"  {spec.page or spec.url}\n"
-        f"check its {spec.checksum_text()}, and put it at\n"
-        f"  {dest}\n"
-        f"(or pass path=... to use a file elsewhere; set {CACHE_ENV} to move the cache folder)."
-    )
-
-
-def _download(spec: WeightFile, dest: pathlib.Path, timeout: float) -> None:
-    """Downloads to a temp file next to `dest`; renamed only once the checksum matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest.parent)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as r:
-            if r.headers.get_content_type() == "text/html":
-                # Google Drive answers with a page (quota, sign-in, virus-scan notice) rather
-                # than the file; no point in saving it.
-                raise WeightsUnavailableError(f"{spec.url} returned a web page, not the file")
-            while chunk := r.read(_CHUNK):
-                out.write(chunk)
-        if not _checksum_ok(spec, tmp):
-            raise WeightsUnavailableError(
-                f"downloaded {spec.filename} from {spec.url} but its checksum is wrong"
-            )
-        os.replace(tmp, dest)
-    except (OSError, urllib.error.URLError, WeightsUnavailableError) as err:
-        raise _unavailable(spec, dest, f"Could not download {spec.filename}: {err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def fetch_weights(
-    name: str | WeightFile,
-    cache_dir: str | os.PathLike | None = None,
-    path: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    timeout: float = 60.0,
-) -> pathlib.Path:
-    """Returns the local path of a published weight file, downloading it once if needed.
-
-    Never called implicitly by a model: call it yourself and pass the path to `load_*`.
-
-    Args:
-      name: a key of `WEIGHT_FILES` (`vgg16_from_caffe`, `fcn32s`, `fcn16s`, `fcn8s`,
-        `fcn8s_atonce`, `vgg16_torchvision`) or a `WeightFile` of your own.
-      cache_dir: folder of downloaded files; default `default_cache_dir()`.
-      path: use this file instead of the cache (it is still checksum-verified).
-      download: when False, only look in the cache (no network).
-      timeout: seconds for the network connection.
-
-    Returns:
-      Path of a file whose checksum matches.
-
-    Raises:
-      WeightsUnavailableError: the file is missing and cannot be downloaded (offline, Drive
-        refusing, `download=False`), or its checksum is wrong. The message gives the URL,
-        the file name, its checksum and the folder to put it in. A failed download leaves
-        no file behind.
-      KeyError: unknown `name`.
-    """
-    if isinstance(name, WeightFile):
-        spec = name
-    elif name in WEIGHT_FILES:
-        spec = WEIGHT_FILES[name]
-    else:
-        raise KeyError(f"unknown weight file {name!r}; known: {sorted(WEIGHT_FILES)}")
-    dest = pathlib.Path(cache_dir or default_cache_dir()) / spec.filename
-    if path is not None:
-        given = pathlib.Path(path)
-        if not given.is_file():
-            raise _unavailable(spec, dest, f"{given} does not exist.")
-        if not _checksum_ok(spec, given):
-            raise _unavailable(spec, dest, f"{given} has the wrong checksum.")
-        return given
-    if dest.is_file():
-        if not _checksum_ok(spec, dest):
-            raise _unavailable(
-                spec, dest, f"{dest} has the wrong checksum (corrupt or another version)."
-            )
-        return dest
-    if not download:
-        raise _unavailable(spec, dest, f"{spec.filename} is not in the cache and download=False.")
-    _download(spec, dest, timeout)
-    return dest

@@ -16,10 +16,17 @@ computation is therefore enough. A flag the user already set is never overridden
   peak RSS 2.30 -> 2.08 GiB) at the same speed.
 
 These flags only exist in the jaxlib releases we tested; an unknown flag makes XLA abort, so
-they are set for those releases alone.
+they are set for those releases alone. They are also set only when the process computes on
+the CPU alone: `JAX_PLATFORMS` is `cpu`, or it is unset and no GPU or TPU plugin is installed
+(`targets_cpu_only`). Every XLA backend in a process parses `XLA_FLAGS`, and the GPU and TPU
+compilers ignore `--xla_cpu_*` fields, but libtpu parses them with its own XLA build, which
+may not know them, and none of them was measured next to an accelerator.
 """
 
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 
 import jax
 
@@ -32,7 +39,7 @@ CPU_FLAGS = (
 
 
 def add_default_xla_flags(environ: dict[str, str] | None = None) -> str:
-    """Appends fcn-jax's default XLA flags to `XLA_FLAGS` unless the user set them.
+    """Appends fcn-jax's CPU flags to `XLA_FLAGS` for a CPU-only process, unless the user set them.
 
     Args:
       environ: the environment to edit (default: `os.environ`).
@@ -42,10 +49,39 @@ def add_default_xla_flags(environ: dict[str, str] | None = None) -> str:
     """
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
-    if tuple(jax.__version_info__[:2]) in _TESTED_JAX_MINOR:
+    if tuple(jax.__version_info__[:2]) in _TESTED_JAX_MINOR and targets_cpu_only(environ):
         for flag in CPU_FLAGS:
             if flag.split("=")[0] not in flags:
                 flags = f"{flags} {flag}".strip()
     if flags:
         environ["XLA_FLAGS"] = flags
     return flags
+
+
+def targets_cpu_only(environ: dict[str, str] | None = None) -> bool:
+    """Whether JAX will compute on the CPU alone in a process with this environment.
+
+    True if `JAX_PLATFORMS` names only `cpu`, or if it is unset and no accelerator plugin is
+    installed (`accelerator_plugins`).
+    """
+    environ = os.environ if environ is None else environ
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return {p.strip() for p in platforms.split(",")} == {"cpu"}
+    return not accelerator_plugins(environ)
+
+
+def accelerator_plugins(environ: dict[str, str] | None = None) -> list[str]:
+    """The GPU/TPU PJRT plugins JAX would load: as JAX discovers them when its backends start.
+
+    Those are the modules of the `jax_plugins` namespace package (the CUDA and ROCm plugins),
+    the `jax_plugins` entry points, and libtpu (the `libtpu` package or `TPU_LIBRARY_PATH`).
+    """
+    environ = os.environ if environ is None else environ
+    found = [e.value for e in importlib.metadata.entry_points(group="jax_plugins")]
+    namespace = importlib.util.find_spec("jax_plugins")
+    if namespace is not None and namespace.submodule_search_locations is not None:
+        found += [m.name for m in pkgutil.iter_modules(namespace.submodule_search_locations)]
+    if importlib.util.find_spec("libtpu") is not None or environ.get("TPU_LIBRARY_PATH"):
+        found.append("libtpu")
+    return sorted(set(found))

@@ -6,15 +6,15 @@ All of it must happen before JAX or TensorFlow is imported, hence at module impo
 import os
 import tempfile
 
-# Four simulated CPU devices so data-parallel code is exercised (STACK_NOTES: set before the
-# first JAX computation, or it is silently ignored).
+# Four simulated CPU devices so data-parallel code is exercised (set before the first JAX
+# computation, or XLA silently ignores it).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# TFDS leaves empty tmp*tfds folders in the temp dir on every prepare (STACK_NOTES).
+# TFDS leaves empty tmp*tfds folders in the temp dir on every prepare.
 _TMP = tempfile.mkdtemp(prefix="fcn_jax_tests_")
 os.environ["TMPDIR"] = _TMP
 tempfile.tempdir = _TMP

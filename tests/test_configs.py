@@ -4,7 +4,7 @@ import pathlib
 import jax
 import pytest
 
-from fcn_jax import train
+from fcn_jax import config_checks
 
 CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py") if p.stem != "__init__")
 
@@ -17,9 +17,9 @@ def test_every_config_file_is_listed():
 def test_config_loads_and_validates(name, synthetic_data_dir):
     config = importlib.import_module(f"configs.{name}").get_config()
     # The reference batch is 1 image; the test machine simulates 4 devices.
-    config.batch_size = config.eval_batch_size = jax.device_count()
+    config.batch_size = jax.device_count()  # eval_batch_size: None or a multiple of it
     config.dataset.data_dir = synthetic_data_dir
-    train.validate_config(config)
+    config_checks.validate_config(config)
     assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 
 
@@ -29,7 +29,7 @@ def test_config_loads_and_validates(name, synthetic_data_dir):
      ("fcn8s_atonce", 1e-10, "vgg16")],
 )  # fmt: skip
 def test_reference_recipes(name, lr, init):
-    # FCN_REFERENCE.md §4.1.
+    # docs/reference.md §4.1.
     config = importlib.import_module(f"configs.{name}").get_config()
     assert config.model == name and config.init.kind == init
     assert config.optimizer.learning_rate == lr and config.optimizer.momentum == 0.99
@@ -37,3 +37,22 @@ def test_reference_recipes(name, lr, init):
     assert config.loss_reduction == "sum" and not config.learnable_upsampling
     assert config.dataset.name == "voc_segmentation/sbd"
     assert config.dataset.eval_split == "seg11valid"
+
+
+@pytest.mark.parametrize("name", ["simple_fcn8s", "quickstart_simple"])
+def test_simple_geometry_recipes(name):
+    # Issue #14: the course-notes geometry starts partly from scratch.
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model_geometry == "simple" and config.model == "fcn8s"
+    assert config.loss_reduction == "mean" and config.batch_size > 1 and config.dataset.augment
+    assert all(side % 32 == 0 for side in config.dataset.canvas_size)
+
+
+def test_model_geometry_is_validated():
+    config = importlib.import_module("configs.fcn8s_atonce").get_config()
+    config.model_geometry = "simple"
+    with pytest.raises(ValueError, match="at-once is reference-only"):
+        config_checks.validate_config(config)
+    config.model_geometry = "course"
+    with pytest.raises(ValueError, match="unknown geometry"):
+        config_checks.validate_config(config)

@@ -1,22 +1,24 @@
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_jax import input_pipeline
+from fcn_jax import input_pipeline, preprocessing
 from tests.helpers import tiny_config
 
 
 def test_train_batches_shapes_padding_and_values(synthetic_data_dir):
     config = tiny_config(synthetic_data_dir, **{"dataset.augment": False})
     batch = next(input_pipeline.create_train_iterator(config))
-    assert batch["image"].shape == (4, 96, 96, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (4, 96, 96, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4, 96, 96) and batch["label"].dtype == np.int32
+    assert batch["size"].shape == (4, 2) and batch["size"].dtype == np.int32
     assert set(np.unique(batch["label"])) <= {0, 1, 2, 3, 4, 255}
     # Images are at most 96 px: with no augmentation, the canvas padding is void / zero.
-    for image, label in zip(batch["image"], batch["label"], strict=True):
-        rows = np.flatnonzero((label != 255).any(axis=1))
-        pad_rows = slice(rows.max() + 2, None)
-        assert np.all(image[pad_rows] == 0) and np.all(label[pad_rows] == 255)
+    for image, label, (h, w) in zip(batch["image"], batch["label"], batch["size"], strict=True):
+        assert np.all(image[h:] == 0) and np.all(label[h:] == 255)
+        assert np.all(image[:, w:] == 0) and np.all(label[:, w:] == 255)
+        assert np.any(image[h - 1, :w] != 0) and np.any(image[:h, w - 1] != 0)
 
 
 def test_train_order_is_deterministic_and_resumable(synthetic_data_dir):
@@ -42,6 +44,7 @@ def test_eval_covers_every_example_once_with_padded_last_batch(synthetic_data_di
     last = batches[-1]
     assert last["mask"].tolist() == [True] * 4 + [False] * 8
     assert np.all(last["label"][4:] == 255) and np.all(last["image"][4:] == 0)
+    assert np.all(last["size"][4:] == 0) and np.all(last["size"][:4] > 0)
     assert input_pipeline.num_examples(config, "validation") == 160
     assert input_pipeline.num_classes(config) == 5
 
@@ -59,19 +62,16 @@ def test_image_larger_than_canvas_is_an_error_unless_cropping(synthetic_data_dir
 
 def test_preprocessing_maths():
     pixel = np.array([[[10, 20, 30]]], np.uint8)
-    caffe = input_pipeline.normalize_image(pixel, "caffe").numpy()[0, 0]
+    caffe = np.asarray(preprocessing.normalize(pixel, "caffe"))[0, 0]
     np.testing.assert_allclose(caffe, [30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434])
-    tv = input_pipeline.normalize_image(pixel, "torchvision").numpy()[0, 0]
+    tv = np.asarray(preprocessing.normalize(pixel, "torchvision"))[0, 0]
     np.testing.assert_allclose(
         tv,
         (np.array([10, 20, 30]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
         rtol=1e-6,
     )
-    for mode in ("caffe", "torchvision"):
-        restored = input_pipeline.denormalize_image(
-            input_pipeline.normalize_image(pixel, mode).numpy(), mode
-        )
-        np.testing.assert_array_equal(restored, pixel)
+    with pytest.raises(ValueError, match="preprocessing"):
+        preprocessing.normalize(pixel, "bgr")
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,41 @@ def test_preprocessing_maths():
 def test_bad_data_config_names_the_field(synthetic_data_dir, overrides, field):
     with pytest.raises(ValueError, match=field):
         input_pipeline.validate_config(tiny_config(synthetic_data_dir, **overrides))
+
+
+def test_sizes_follow_scaling_cropping_and_flipping(synthetic_data_dir):
+    plain = tiny_config(synthetic_data_dir, **{"dataset.augment": False})
+    augmented = tiny_config(
+        synthetic_data_dir,
+        **{
+            "dataset.augment": True,
+            "dataset.min_scale": 0.5,
+            "dataset.max_scale": 2.0,
+            "dataset.random_crop": True,
+            "dataset.canvas_size": (64, 64),
+        },
+    )
+    # The same seed visits the same examples in the same order, with and without augmentation.
+    originals = next(input_pipeline.create_train_iterator(plain))["size"]
+    batch = next(input_pipeline.create_train_iterator(augmented))
+    for image, label, size, original in zip(
+        batch["image"], batch["label"], batch["size"], originals, strict=True
+    ):
+        h, w = size
+        assert 1 <= h <= 64 and 1 <= w <= 64
+        scales = [s / o for s, o in zip(size, original, strict=True) if s < 64]
+        assert all(0.5 - 0.02 <= s <= 2.0 + 0.02 for s in scales)
+        if len(scales) == 2:  # one scale for both axes, up to rounding
+            assert abs(scales[0] - scales[1]) <= 1.0 / min(original)
+        assert np.all(image[h:] == 0) and np.all(label[h:] == 255)
+        assert np.all(image[:, w:] == 0) and np.all(label[:, w:] == 255)
+        assert np.any(label[:h, :w] != 255)
+
+
+@pytest.mark.parametrize(
+    "batch, explicit, want", [(1, None, 4), (4, None, 4), (5, None, 8), (1, 12, 12)]
+)
+def test_eval_batch_defaults_to_the_train_batch_rounded_to_the_devices(batch, explicit, want):
+    config = tiny_config("unused", batch_size=batch, eval_batch_size=explicit)
+    assert jax.device_count() == 4  # tests/conftest.py
+    assert input_pipeline.eval_batch_size(config) == want

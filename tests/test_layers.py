@@ -1,5 +1,8 @@
+import functools
+
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -113,3 +116,117 @@ def test_subpixel_conv_transpose_refuses_other_shapes():
         layer = layers.SubpixelConvTranspose(**{**_conv_transpose_options(2), **change})
         with pytest.raises(ValueError, match="kernel_size = 2 x strides"):
             layer.init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("tap", layers._TAPS)
+@pytest.mark.parametrize("others", [-1.0, 0.0, 2.0])
+def test_nan_in_any_pooling_tap_gives_nan(tap, others):
+    # A NaN must not vanish inside the pooling, whatever its neighbours and the order in
+    # which the reduction meets the window's candidates: otherwise it escapes the NaN guard.
+    x = jnp.full((1, 2, 2, 1), others).at[0, tap[0], tap[1], 0].set(jnp.nan)
+    out = layers.relu_max_pool_ceil(x)
+    assert out.shape == (1, 1, 1, 1) and np.isnan(out).all()
+    assert np.isnan(jax.jit(layers.relu_max_pool_ceil)(x)).all()
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The `precision` of every convolution and dot in `jaxpr`, sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.append(eqn.params["precision"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _dot_precisions(sub)
+    return found
+
+
+def test_matmul_grad_conv_honours_precision():
+    x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+    highest = jax.lax.Precision.HIGHEST
+
+    def loss(v, k):
+        return jnp.sum(layers.conv_with_matmul_grads(v, k, (1, 1), "SAME", precision=highest))
+
+    # The forward convolution and both backward matmuls must run at the requested precision.
+    precisions = _dot_precisions(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel).jaxpr)
+    assert len(precisions) >= 3
+    assert all(p in ((highest, highest), highest) for p in precisions), precisions
+
+
+def _relative_error(got: jax.Array, want: jax.Array) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def _bf16_gradient_errors(custom, plain, *inputs) -> list[tuple[float, float]]:
+    """(hand-written, XLA's) relative errors of bfloat16 gradients against float32 ones.
+
+    Inputs and the output gradient are rounded to bfloat16 first, so the errors measure the
+    gradient's arithmetic alone; the oracle is XLA's float32 gradient of `plain` at the
+    highest matmul precision from the same rounded values.
+    """
+    inputs = [v.astype(jnp.bfloat16) for v in inputs]
+    out = jax.eval_shape(plain, *inputs)
+    g = jax.random.normal(jax.random.key(9), out.shape).astype(jnp.bfloat16)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def grads(fn, dtype, g, *args):
+        args = [v.astype(dtype) for v in args]
+        return jax.tree.leaves(jax.vjp(fn, *args)[1](g.astype(dtype)))
+
+    with jax.default_matmul_precision("highest"):
+        want = grads(plain, jnp.float32, g, *inputs)
+    got, xla = grads(custom, jnp.bfloat16, g, *inputs), grads(plain, jnp.bfloat16, g, *inputs)
+    return [
+        (_relative_error(c, w), _relative_error(x, w))
+        for c, x, w in zip(got, xla, want, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, padding",
+    [
+        ((2, 60, 70, 3), (3, 3, 3, 16), ((5, 5), (5, 5))),  # conv1_1: the kernel gradient
+        ((2, 9, 10, 128), (7, 7, 128, 256), "VALID"),  # fc6: 49 slabs per input gradient
+        ((2, 3, 4, 256), (1, 1, 256, 256), "VALID"),  # fc7
+    ],
+)
+def test_matmul_grads_in_bfloat16_are_as_accurate_as_xla(x_shape, kernel_shape, padding):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))
+
+    def plain(v, k):
+        return jax.lax.conv_general_dilated(
+            v, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def custom(v, k):
+        return layers.conv_with_matmul_grads(v, k, (1, 1), padding)
+
+    for ours, xla in _bf16_gradient_errors(custom, plain, x, kernel):
+        assert ours <= 1.05 * xla, (ours, xla)
+
+
+def test_fused_pool_gradient_in_bfloat16_is_as_accurate_as_xla():
+    x = jax.random.normal(jax.random.key(0), (2, 17, 15, 8))
+
+    def plain(v):
+        return nn.max_pool(jax.nn.relu(v), (2, 2), strides=(2, 2), padding=layers._ceil_pad(v))
+
+    ((ours, xla),) = _bf16_gradient_errors(layers.relu_max_pool_ceil, plain, x)
+    assert ours <= 1.05 * xla, (ours, xla)
+
+
+def test_subpixel_gradients_in_bfloat16_are_as_accurate_as_xla():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
+    options = _conv_transpose_options(8)
+    kernel = nn.ConvTranspose(**options).init(jax.random.key(1), x)["params"]["kernel"]
+
+    def plain(v, k):
+        return nn.ConvTranspose(**options).apply({"params": {"kernel": k}}, v)
+
+    def custom(v, k):
+        return layers.SubpixelConvTranspose(**options).apply({"params": {"kernel": k}}, v)
+
+    for ours, xla in _bf16_gradient_errors(custom, plain, x, kernel):
+        assert ours <= 1.05 * xla, (ours, xla)

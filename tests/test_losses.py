@@ -9,7 +9,7 @@ from fcn_jax import losses, models
 
 
 def test_zero_scores_give_ln21_per_valid_pixel():
-    # FCN_REFERENCE.md §4.2 / §7.2: score layers at zero -> the loss is ln 21 per valid pixel.
+    # docs/reference.md §4.2 / §7.2: score layers at zero -> the loss is ln 21 per valid pixel.
     model = models.get_model("fcn8s", width=1 / 32)
     variables = models.init_variables(model, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (2, 23, 31, 3))

@@ -63,7 +63,7 @@ def _layer_output_shapes(model, height, width):
 
 @pytest.mark.parametrize("framed_blocks", [0, models.FRAMED_BLOCKS])
 def test_intermediate_geometry_matches_reference_table_for_375x500(monkeypatch, framed_blocks):
-    # FCN_REFERENCE.md §2.5 worked example, 375 x 500 column. With the constant frame skipped
+    # docs/reference.md §2.5 worked example, 375 x 500 column. With the constant frame skipped
     # (fcn_jax.frame) blocks 1-3 run on smaller maps, and from pool3 on every map is the
     # reference's again.
     monkeypatch.setattr(models, "FRAMED_BLOCKS", framed_blocks)
@@ -85,7 +85,7 @@ def test_intermediate_geometry_matches_reference_table_for_375x500(monkeypatch, 
 @pytest.mark.parametrize(
     "name, learnable, frozen",
     [
-        # FCN_REFERENCE.md §1, parameter counts [derived].
+        # docs/reference.md §1, parameter counts [derived].
         ("fcn32s", 134_346_581, 1_806_336),
         ("fcn16s", 134_357_354, 458_640),
         ("fcn8s", 134_362_751, 127_008),
@@ -122,7 +122,7 @@ def test_layer_names_follow_reference():
 @pytest.mark.parametrize(
     "size, taps",
     [
-        # The table of FCN_REFERENCE.md §2.2.
+        # The table of docs/reference.md §2.2.
         (4, [0.25, 0.75, 0.75, 0.25]),
         (16, [1, 3, 5, 7, 9, 11, 13, 15, 15, 13, 11, 9, 7, 5, 3, 1]),
         (32, list(range(1, 32, 2)) + list(range(31, 0, -2))),

@@ -10,13 +10,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fcn_jax import train
+from fcn_jax import (
+    config_checks,
+    evaluation,
+    input_pipeline,
+    losses,
+    models,
+    preprocessing,
+    train,
+)
 from tests.helpers import tiny_config
 
 
 def _params(workdir):
     manager = ocp.CheckpointManager(f"{workdir}/checkpoints")
-    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    state = manager.restore(manager.latest_step(), args=args).state
     return manager.latest_step(), state["params"]
 
 
@@ -27,13 +36,34 @@ def trained_workdir(synthetic_data_dir, tmp_path_factory):
     return workdir, scores
 
 
-def test_train_and_evaluate_end_to_end(trained_workdir):
+def _mean_iou_by_hand(config, workdir) -> float:
+    """The step-4 model's validation mean IoU, from its checkpoint, with numpy (§5.2)."""
+    manager = ocp.CheckpointManager(f"{workdir}/checkpoints")
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    state = manager.restore(4, args=args).state
+    variables = {"params": state["params"], **state["frozen"]}
+    model = models.get_model(config.model, 5, width=config.width)
+    confusion = np.zeros((5, 5), np.int64)
+    for batch in input_pipeline.create_eval_iterator(config):
+        images = preprocessing.normalize(batch["image"], config.dataset.preprocessing)
+        predictions = np.argmax(model.apply(variables, images, sizes=batch["size"]), -1)
+        counted = batch["mask"][:, None, None] & (batch["label"] != losses.VOID)
+        pairs = 5 * batch["label"][counted] + predictions[counted]
+        confusion += np.bincount(pairs, minlength=25).reshape(5, 5)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    return float(np.mean(hits[union > 0] / union[union > 0]))
+
+
+def test_train_and_evaluate_end_to_end(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
+    config = tiny_config(synthetic_data_dir)
     lines = [
         json.loads(x) for x in pathlib.Path(workdir, "eval_results.jsonl").read_text().splitlines()
     ]
     assert [(x["step"], x["split"]) for x in lines] == [(4, "validation")]
-    assert lines[0]["mean_iou"] == scores["mean_iou"] and 0 <= scores["mean_iou"] <= 1
+    assert lines[0]["mean_iou"] == scores["mean_iou"]
+    np.testing.assert_allclose(scores["mean_iou"], _mean_iou_by_hand(config, workdir), rtol=1e-6)
     assert len(lines[0]["per_class_iou"]) == 5
     step, params = _params(workdir)
     assert step == 4 and set(params) >= {"conv1_1", "fc7", "score_pool3"}
@@ -72,7 +102,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_good_checkpoints(synthetic_data_
 
 def test_evaluate_model_from_workdir(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
-    again = train.evaluate_model(tiny_config(synthetic_data_dir), workdir)
+    again = evaluation.evaluate_model(tiny_config(synthetic_data_dir), workdir)
     # The best checkpoint is the step-4 model, evaluated on the same split.
     np.testing.assert_allclose(again["mean_iou"], scores["mean_iou"], rtol=1e-6)
     last = json.loads(pathlib.Path(workdir, "eval_results.jsonl").read_text().splitlines()[-1])
@@ -83,7 +113,41 @@ def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
         train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
     with pytest.raises(ValueError, match="grad_accum_steps"):
-        train.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
+        config_checks.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
+    # Scaling up without cropping could overflow the canvas mid-training.
+    overflow = tiny_config(synthetic_data_dir, **{"dataset.max_scale": 2.0})
+    with pytest.raises(ValueError, match=r"max_scale=2.0 .*random_crop=True"):
+        config_checks.validate_config(overflow)
+    overflow.dataset.random_crop = True
+    config_checks.validate_config(overflow)
+
+
+def test_resume_refuses_a_changed_data_stream(trained_workdir, synthetic_data_dir):
+    workdir, _ = trained_workdir
+    changed = tiny_config(synthetic_data_dir, batch_size=8, num_train_steps=6)
+    with pytest.raises(ValueError, match=r"config.batch_size=4; this run has 8"):
+        train.train_and_evaluate(changed, workdir)
+
+
+def test_rerun_of_a_finished_workdir_returns_its_final_scores(trained_workdir, synthetic_data_dir):
+    workdir, scores = trained_workdir
+    lines_before = pathlib.Path(workdir, "eval_results.jsonl").read_text()
+    again = train.train_and_evaluate(tiny_config(synthetic_data_dir), workdir)
+    assert again["mean_iou"] == scores["mean_iou"] and again["step"] == 4
+    assert pathlib.Path(workdir, "eval_results.jsonl").read_text() == lines_before
+
+
+def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
+    config = tiny_config(synthetic_data_dir)
+    trainer = train.Trainer(config, str(tmp_path))
+    batches = train.prefetch_to_device(input_pipeline.create_train_iterator(config), trainer.mesh)
+    trainer.step(next(batches))  # compiles
+    # Between log steps the loop only dispatches: any device-to-host (or implicit
+    # host-to-device) transfer would raise here.
+    with jax.transfer_guard("disallow"):
+        for _ in range(3):
+            trainer.step(next(batches))
+    assert int(trainer.state.step) == 4 and bool(trainer.health["finite"])
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
@@ -103,3 +167,14 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
     assert exit_info.value.code == 128 + signal.SIGTERM
     step, _ = _params(tmp_path)
     assert 1 <= step < 1000  # saved where it stopped, not at a scheduled interval
+
+
+def test_simple_geometry_trains_from_vgg16(synthetic_data_dir, tmp_path):
+    # Issue #14: the course-notes geometry end to end, its convs from a (tiny) VGG16 file.
+    vgg16 = pathlib.Path(__file__).parent / "testdata" / "parity" / "vgg16_tv.pth"
+    config = tiny_config(synthetic_data_dir, model_geometry="simple", width=1 / 64)
+    config.init.kind, config.init.path = "vgg16", str(vgg16)
+    scores = train.train_and_evaluate(config, str(tmp_path))
+    assert 0 <= scores["mean_iou"] <= 1
+    step, params = _params(tmp_path)
+    assert step == 4 and params["fc6"]["kernel"].shape == (1, 1, 8, 64)

@@ -6,13 +6,10 @@ measure is max|jax - torch| / max|torch| over the whole logit tensor, required <
 """
 
 import functools
-import hashlib
-import http.server
 import io
 import os
 import pathlib
 import pickle
-import threading
 import zipfile
 
 import jax
@@ -370,100 +367,3 @@ def test_staging_shape_mismatch_names_the_tensors():
         weights.stage_variables(source, target)
     assert "score_fr.kernel" in str(info.value) and "score_fr.bias" in str(info.value)
     assert "conv1_1" not in str(info.value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Download helper (offline: local files, a local HTTP server, an unreachable port)
-# ---------------------------------------------------------------------------------------------
-
-
-def _spec_for(content: bytes, url: str = "http://127.0.0.1:9/w.pth") -> weights.WeightFile:
-    return weights.WeightFile("w.pth", url, md5=hashlib.md5(content).hexdigest())
-
-
-def test_published_files_are_registered():
-    files = weights.WEIGHT_FILES
-    assert files["fcn8s_atonce"].filename == "fcn8s-atonce_from_caffe.pth"
-    assert files["fcn32s"].md5 == "d3eb467a80e7da0468a20dfcbc13e6c8"
-    assert files["vgg16_from_caffe"].md5 == "aa75b158f4181e7f6230029eb96c1b13"
-    assert files["vgg16_torchvision"].url.endswith("/vgg16-397923af.pth")
-    with pytest.raises(KeyError, match="fcn8s_atonce"):
-        weights.fetch_weights("fcn4s")
-
-
-def test_path_override_is_checksummed(tmp_path):
-    good = tmp_path / "mine.pth"
-    good.write_bytes(b"weights")
-    spec = _spec_for(b"weights")
-    assert weights.fetch_weights(spec, cache_dir=tmp_path / "cache", path=good) == good
-    with pytest.raises(weights.WeightsUnavailableError) as info:
-        weights.fetch_weights("fcn32s", cache_dir=tmp_path / "cache", path=good)
-    message = str(info.value)
-    assert "wrong checksum" in message
-    assert "https://drive.google.com/uc?id=11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f" in message
-    assert "md5 d3eb467a80e7da0468a20dfcbc13e6c8" in message
-    assert str(tmp_path / "cache" / "fcn32s_from_caffe.pth") in message
-
-
-def test_cache_hit_and_corrupt_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
-    assert weights.default_cache_dir() == tmp_path
-    (tmp_path / "w.pth").write_bytes(b"cached")
-    assert weights.fetch_weights(_spec_for(b"cached")) == tmp_path / "w.pth"
-    with pytest.raises(weights.WeightsUnavailableError, match="wrong checksum"):
-        weights.fetch_weights(_spec_for(b"something else"))
-    assert (tmp_path / "w.pth").read_bytes() == b"cached"  # the user's file is left alone
-
-
-def test_offline_gives_one_clear_message_and_leaves_nothing(tmp_path):
-    spec = _spec_for(b"x")
-    with pytest.raises(weights.WeightsUnavailableError) as info:
-        weights.fetch_weights(spec, cache_dir=tmp_path, timeout=5)
-    message = str(info.value)
-    assert "Could not download w.pth" in message
-    assert "http://127.0.0.1:9/w.pth" in message
-    assert f"md5 {spec.md5}" in message and str(tmp_path / "w.pth") in message
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(weights.WeightsUnavailableError, match="download=False"):
-        weights.fetch_weights(spec, cache_dir=tmp_path, download=False)
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """A real HTTP server on localhost serving files from a folder."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_download_verifies_then_renames(tmp_path, http_root):
-    root, base = http_root
-    content = (DATA / "fcn8s_bilinear.pth").read_bytes()
-    (root / "w.pth").write_bytes(content)
-    cache = tmp_path / "cache"
-    path = weights.fetch_weights(_spec_for(content, f"{base}/w.pth"), cache_dir=cache)
-    assert path == cache / "w.pth" and path.read_bytes() == content
-    assert [p.name for p in cache.iterdir()] == ["w.pth"]
-    assert (
-        relative_error(
-            logits_nchw("fcn8s", weights.load_pytorch_fcn(path, "fcn8s")),
-            fixture_logits("fcn8s_bilinear"),
-        )
-        <= RTOL
-    )
-
-
-def test_download_with_wrong_checksum_leaves_no_file(tmp_path, http_root):
-    root, base = http_root
-    (root / "w.pth").write_bytes(b"tampered")
-    cache = tmp_path / "cache"
-    with pytest.raises(weights.WeightsUnavailableError, match="checksum is wrong"):
-        weights.fetch_weights(_spec_for(b"genuine", f"{base}/w.pth"), cache_dir=cache)
-    assert list(cache.iterdir()) == []

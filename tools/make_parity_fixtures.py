@@ -1,8 +1,9 @@
 """Writes the PyTorch parity fixtures used by tests/test_weights.py.
 
-Run once with the torch environment (the test suite itself never needs torch):
+Run from the repository root with an interpreter that has torch (the test suite itself never
+needs torch); docs/development.md says how to set `FCN_TORCH_PYTHON`:
 
-    /work/venv-torch/bin/python tools/make_parity_fixtures.py
+    "$FCN_TORCH_PYTHON" tools/make_parity_fixtures.py
 
 Output, in tests/testdata/parity/ (all small: width 1/64, 5 classes):
 

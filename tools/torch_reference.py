@@ -1,11 +1,12 @@
 """PyTorch implementation of the four reference FCN heads, for parity tests and benchmarks.
 
-Written from the specification in shared/FCN_REFERENCE.md (§1-2), independently of any
+Written from the specification in docs/reference.md (§1-2), independently of any
 existing implementation. Layout is NCHW as in Caffe / PyTorch; module and parameter names are
 the reference ones, so `state_dict()` has exactly the keys of §6.3 (e.g. `conv1_1.weight`,
 `score_fr.bias`, `upscore2.weight`) and loads published `*_from_caffe.pth` files directly.
 
-Developer tool only: needs torch (use /work/venv-torch). The fcn_jax library never imports it.
+Developer tool only: needs torch (the interpreter `FCN_TORCH_PYTHON` of docs/development.md).
+The fcn_jax library never imports it.
 
 Example:
     model = build_model("fcn8s", num_classes=21).eval()

@@ -11,7 +11,7 @@ from fcn_jax.datasets import synthetic_shapes, voc_segmentation
 
 __all__ = ["VOC_CLASSES", "synthetic_shapes", "voc_palette", "voc_segmentation"]
 
-# PASCAL VOC class order (FCN_REFERENCE.md §4.4, data/pascal/classes.txt).
+# PASCAL VOC class order (docs/reference.md §4.4, data/pascal/classes.txt).
 VOC_CLASSES = voc_segmentation.CLASS_NAMES
 
 

@@ -11,8 +11,9 @@ Splits: `train` (800 images) and `validation` (160), identical on every build.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fcn_jax.losses import VOID
+
 CLASS_NAMES = ("background", "disk", "box", "triangle", "ring")
-VOID = 255
 SPLIT_SIZES = {"train": 800, "validation": 160}
 MIN_SIZE, MAX_SIZE = 64, 96
 # Base hue of each shape class (degrees); shapes jitter around it by up to HUE_JITTER.

@@ -29,6 +29,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from fcn_jax.losses import VOID
+
 CLASS_NAMES = (
     "background",
     "aeroplane",
@@ -53,7 +55,6 @@ CLASS_NAMES = (
     "tvmonitor",
 )
 NUM_CLASSES = 21
-IGNORE_LABEL = 255
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 SBD_URL = (
@@ -161,7 +162,7 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(
                 class_names=list(CLASS_NAMES),
                 num_classes=NUM_CLASSES,
-                ignore_label=IGNORE_LABEL,
+                ignore_label=VOID,
             ),
         )
 
@@ -424,11 +425,10 @@ def _read_mask(path: epath.Path, mask_format: str) -> np.ndarray:
         raise ValueError(
             f"Mask {path} is not a 2-D integer array (shape {mask.shape}, dtype {mask.dtype})."
         )
-    bad = (mask < 0) | ((mask >= NUM_CLASSES) & (mask != IGNORE_LABEL))
+    bad = (mask < 0) | ((mask >= NUM_CLASSES) & (mask != VOID))
     if bad.any():
         values = np.unique(mask[bad])
         raise ValueError(
-            f"Mask {path} has values {values[:10].tolist()} outside 0-{NUM_CLASSES - 1} and "
-            f"{IGNORE_LABEL}."
+            f"Mask {path} has values {values[:10].tolist()} outside 0-{NUM_CLASSES - 1} and {VOID}."
         )
     return mask.astype(np.uint8)
