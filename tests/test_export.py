@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_jax import export, preprocessing, steps, weights
+from fcn_jax import export, models, preprocessing, steps, weights
 from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -92,6 +92,17 @@ def test_stablehlo_lowers_for_other_platforms_too(exported):
     assert artifact.platforms == ("cpu", "cuda")
     images = random_images(2, 30, 40)
     assert_matches(artifact.call(images), own_size_logits(exported, images))
+
+
+def test_stablehlo_of_a_course_notes_geometry_file_matches_too():
+    path = PTH.parent / "simple_fcn8s_random.pth"
+    variables = weights.load_pytorch_fcn(path, "fcn8s", geometry="simple")
+    model = models.get_model("fcn8s", 5, "simple", width=1 / 64)
+    serve = export.serving_function(model, (64, 64), "torchvision")
+    artifact = export.export_stablehlo(serve, variables, (64, 64), ("cpu",))
+    images = random_images(2, 40, 52)
+    expected = model.apply(variables, preprocessing.normalize(images, "torchvision"))
+    assert_matches(artifact.call(images), np.asarray(expected))
 
 
 def test_saved_model_with_sizes_serves_a_batch_of_mixed_sizes(exported):
