@@ -12,7 +12,7 @@ EXPORT_DIR/saved_model/     the same function as a TensorFlow SavedModel (jax2tf
 `images` are uint8 RGB (N, H, W, 3) with N, H and W free, H and W at most the export canvas
 (`config.dataset.canvas_size`). The function normalises them as the weights expect, places
 them top-left on the canvas, runs the model with each example's size (so the logits equal
-those of `model.apply` on the image at its own size, docs/reference.md §2.5) and crops back:
+those of `model.apply` on the image at its own size, docs/reference.md §2.7) and crops back:
 `logits` float32 (N, H, W, C), `classes` int32 (N, H, W). `with_sizes` takes a batch of
 images of different sizes, each padded top-left to the batch's H, W, and their int32
 (height, width) in `sizes` (N, 2); outside each image's own region its outputs mean nothing.
