@@ -4,7 +4,7 @@ The exported model is the pytorch-fcn FCN-8s parity fixture (width 1/64, 5 class
 non-zero weights, see tests/test_weights.py) imported through `export_trained`, on a 48x48
 canvas. The measure: max |exported - model.apply at the image's own size| <= 1e-4 of the
 reference logits' range; the classes agree wherever the reference's two best logits are
-further apart than that.
+further apart than that. ONNX is not built (README, Serving: why).
 """
 
 import functools
