@@ -54,13 +54,11 @@ def load(name: str, **options) -> dict:
     return weights.load_pytorch_fcn(path, name, geometry="simple", **options)
 
 
-def random_variables(model, shape=(1, 64, 64, 3), seed=0) -> dict:
-    variables = models.init_variables(model, jax.random.key(seed), shape[1:3])
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
+def random_variables(model, seed=0) -> dict:
+    """Random values for every variable (numpy: no compilation per shape)."""
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape, np.float32), shapes)
 
 
 # ---------------------------------------------------------------------------------------------
