@@ -32,6 +32,7 @@ NOT_RUN = {
     "python -m benchmarks.steps": "full width at batch 8: tests/test_benchmarks.py runs it small",
     ".venv/bin/python -m benchmarks.input_pipeline": "a benchmark; uses no device",
     "python -m benchmarks.device_check": "tests/test_device_check.py runs it with --tiny",
+    "docker run": "needs Docker and TF Serving: tests/test_export.py loads the SavedModel in TF",
 }
 TINY = (
     "--config.width=0.015625",  # the width of the parity fixtures (tests/testdata/parity)
@@ -71,7 +72,7 @@ def test_every_readme_command_is_run_or_has_a_reason():
     modes = sorted(
         re.search(r"--mode=(\w+)", c)[1] if "--mode" in c else "train" for c in MAIN_COMMANDS
     )
-    assert modes == ["eval", "predict"] + ["train"] * 5  # quickstart, 3 reference, Colab
+    assert modes == ["eval", "export", "predict"] + ["train"] * 5  # quickstart, 3 reference, Colab
 
 
 def _local(command: str, data_dir: str) -> str:
@@ -142,6 +143,9 @@ def test_readme_command_on_8_devices(command, workspace):
     workdir = _workdir(local, workspace)
     if "--mode=predict" in command:
         assert sorted(p.name for p in (workspace["folder"] / "out").glob("*.png"))
+        return
+    if "--mode=export" in command:
+        assert sorted(os.listdir(workspace["folder"] / "OUT")) == ["model.stablehlo", "saved_model"]
         return
     scores = [
         json.loads(line) for line in (workdir / "eval_results.jsonl").read_text().splitlines()
