@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -28,8 +29,13 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, cleanup_tmp_directories=True, create=True
             ),
+            item_handlers=_latest_handlers(),
         )
-        self.best = ocp.CheckpointManager(root / "best", options=_best_options(create=True))
+        self.best = ocp.CheckpointManager(
+            root / "best",
+            options=_best_options(create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),
+        )
 
     def latest_step(self) -> int | None:
         """The step of the latest complete train-state checkpoint, if any."""
@@ -96,33 +102,63 @@ def _best_options(create: bool) -> ocp.CheckpointManagerOptions:
     )
 
 
+def _latest_handlers() -> dict:
+    return {"state": ocp.StandardCheckpointHandler(), "data_stream": ocp.JsonCheckpointHandler()}
+
+
 def restore_variables(workdir: str) -> dict:
-    """Model variables from a workdir: the best evaluated model, else the latest train state.
+    """Model variables from a workdir, as numpy.
+
+    The best evaluated model, else the latest train state. Any process and device count can
+    read a checkpoint written by any other.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
     """
     root = _absolute(workdir)
-    for sub in ("best", "checkpoints"):
-        if not (root / sub).exists():
-            continue
-        if sub == "best":
-            manager = ocp.CheckpointManager(root / sub, options=_best_options(create=False))
-            step = manager.best_step()
-        else:
-            manager = ocp.CheckpointManager(root / sub)
-            step = manager.latest_step()
-        if step is None:
-            continue
-        if sub == "best":
-            variables = manager.restore(step, args=ocp.args.StandardRestore())
-        else:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore())
-            state = manager.restore(step, args=args).state
-            variables = {"params": state["params"], **state["frozen"]}
-        manager.close()
-        return variables
+    if (root / "best").exists():
+        manager = ocp.CheckpointManager(
+            root / "best",
+            options=_best_options(create=False),
+            item_handlers=ocp.StandardCheckpointHandler(),
+        )
+        step = manager.best_step()
+        if step is not None:
+            target = _on_this_host(manager.item_metadata(step))
+            variables = manager.restore(step, args=ocp.args.StandardRestore(target))
+            manager.close()
+            return jax.tree.map(np.asarray, variables)
+    latest = read_latest_state(workdir)
+    if latest is not None:
+        state = latest[1]
+        return {"params": state["params"], **state["frozen"]}
     raise FileNotFoundError(
         f"no checkpoint in {workdir} (looked in best/ and checkpoints/); train there first "
         "or give a weights file"
+    )
+
+
+def read_latest_state(workdir: str) -> tuple[int, dict] | None:
+    """The step and train state (a dict of numpy arrays) of WORKDIR's latest checkpoint.
+
+    Returns None when there is none. Any process and device count can read it.
+    """
+    folder = _absolute(workdir) / "checkpoints"
+    if not folder.exists():
+        return None
+    manager = ocp.CheckpointManager(folder, item_handlers=_latest_handlers())
+    step = manager.latest_step()
+    if step is None:
+        return None
+    target = _on_this_host(manager.item_metadata(step)["state"])
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    manager.close()
+    return step, jax.tree.map(np.asarray, dict(state.state))
+
+
+def _on_this_host(metadata: Any) -> Any:
+    """A restore target with the checkpoint's shapes, on this process's first device."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), metadata
     )
