@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from fcn_jax import checkpoint, evaluation, metrics, preprocessing, steps, train
@@ -24,8 +25,13 @@ def _own_size_scores(config, variables, model) -> dict:
     return metrics.scores(total)
 
 
-def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(tmp_path, synthetic_data_dir):
-    config = tiny_config(synthetic_data_dir, num_train_steps=6, eval_every_steps=6)
+@pytest.mark.parametrize("geometry", ["reference", "simple"])
+def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(
+    tmp_path, synthetic_data_dir, geometry
+):
+    config = tiny_config(
+        synthetic_data_dir, num_train_steps=6, eval_every_steps=6, model_geometry=geometry
+    )
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     scores = evaluation.evaluate_model(config, workdir)
