@@ -96,7 +96,7 @@ def _local(command: str, data_dir: str) -> str:
     )
     command = re.sub(r" --config\.dataset\.(manual_dir|data_dir)=\S+", "", command)
     extra = [*TINY, f"--config.dataset.data_dir={data_dir}"]
-    if config != "quickstart":
+    if not config.startswith("quickstart"):  # VOC configs
         extra += SYNTHETIC_FOR_VOC
         if config in ("fcn32s", "fcn8s_atonce") and "--mode" not in command:
             extra.append("--config.init.kind=random")  # no VGG16 download offline
