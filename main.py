@@ -3,6 +3,7 @@
 python main.py --config=configs/quickstart.py --workdir=/tmp/fcn_quickstart
 python main.py --config=configs/fcn8s.py --workdir=DIR --mode=eval --weights=fcn8s_from_caffe.pth
 python main.py --config=configs/quickstart.py --workdir=DIR --mode=predict --inputs=photos/
+python main.py --config=configs/fcn8s.py --workdir=DIR --mode=export --export_dir=OUT
 
 One process of an N-process job (one per host; process 0's address is the coordinator):
 python main.py --config=... --workdir=SHARED_DIR --coordinator_address=HOST0:1234 \
@@ -20,16 +21,18 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fcn_jax import evaluation, train  # noqa: E402
+from fcn_jax import evaluation, export, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs, eval_results.jsonl, predictions.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
-flags.DEFINE_string("weights", None, "eval/predict: a pytorch-fcn .pth instead of WORKDIR.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"], "What to do.")
+flags.DEFINE_string("weights", None, "eval/predict/export: a pytorch-fcn .pth instead of WORKDIR.")
 flags.DEFINE_string("split", None, "eval: the split (default config.dataset.eval_split).")
 flags.DEFINE_list("inputs", [], "predict: image files, folders or globs.")
 flags.DEFINE_string("output_dir", None, "predict: where to write (default WORKDIR/predict).")
+flags.DEFINE_string("export_dir", None, "export: where to write saved_model/, model.stablehlo.")
+flags.DEFINE_bool("overwrite", False, "export: replace a non-empty --export_dir.")
 flags.DEFINE_string(
     "coordinator_address", None, "Multi-process: HOST:PORT of process 0 (all processes)."
 )
@@ -83,6 +86,13 @@ def main(argv):
     weights_path = _expand(FLAGS.weights)
     if FLAGS.mode == "train":
         scores = train.train_and_evaluate(config, workdir)
+    elif FLAGS.mode == "export":
+        if not FLAGS.export_dir:
+            raise app.UsageError("--mode=export needs --export_dir")
+        export_dir = _expand(FLAGS.export_dir)
+        written = export.export_trained(config, workdir, weights_path, export_dir, FLAGS.overwrite)
+        print("wrote " + ", ".join(written.values()))
+        return
     elif FLAGS.mode == "eval":
         scores = evaluation.evaluate_model(config, workdir, weights_path, FLAGS.split)
     else:

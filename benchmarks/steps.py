@@ -5,6 +5,7 @@
     python -m benchmarks.steps --models=fcn32s,fcn16s,fcn8s --sizes=375x500,512x512 \\
         --modes=train,eval --torch-python=PYTHON             # the whole table
     python -m benchmarks.steps --dtype=bfloat16 --batch=8    # on a GPU or TPU
+    python -m benchmarks.steps --geometries=reference,simple # next to the course-notes FCN
 
 Each (model, size, mode) gets fresh worker processes, one per framework, so that compile
 time and memory are measured apart; the parent alternates them step by step on the same
@@ -13,8 +14,11 @@ worker runs the library's own jitted steps (fcn_jax.steps) on the reference reci
 configs/default.py (summed loss, SGD with momentum and the reference's parameter groups);
 the eval step is the forward pass, the argmax and the confusion matrix. The PyTorch worker
 runs tools/torch_reference.py (the model behind the parity fixtures) with the same
-optimiser, or forward, argmax and bincount. PYTHON is an interpreter that has torch
-(default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never needs it.
+optimiser, or forward, argmax and bincount; for `--geometries=simple` (the course-notes
+geometry of fcn_jax/simple_models.py, rows marked "(simple)") both sides run that geometry,
+PyTorch from tools/torch_simple_reference.py, with the same recipe. PYTHON is an interpreter
+that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never
+needs it.
 
 Columns: median seconds per step and images per second; GFLOP per step as executed (fcn-jax
 skips most of the padding frame, fcn_jax.frame; PyTorch runs the reference's count, printed
@@ -30,6 +34,7 @@ CPU timings swing from run to run unless glibc hands both processes huge pages: 
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import statistics
@@ -114,6 +119,7 @@ def _jax_runner(args: argparse.Namespace):
 
     config = default.get_config()
     config.model, config.batch_size, config.compute_dtype = args.model, args.batch, args.dtype
+    config.model_geometry = args.geometry
     model = steps.create_model(config, NUM_CLASSES)
     mesh = steps.make_mesh()
     images, labels = _inputs(args)
@@ -144,7 +150,10 @@ def _torch_runner(args: argparse.Namespace):
     import torch
 
     sys.path.insert(0, ROOT)
-    from tools.torch_reference import build_model
+    if args.geometry == "simple":
+        from tools.torch_simple_reference import build_model
+    else:
+        from tools.torch_reference import build_model
 
     torch.manual_seed(0)
     model = build_model(args.model, NUM_CLASSES)
@@ -289,7 +298,12 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
 
     count = flops.train_flops if case["mode"] == "train" else flops.forward_flops
     size = (case["model"], case["height"], case["width"], NUM_CLASSES)
-    executed = {"jax": count(*size, framed=True), "torch": count(*size)}
+    geometry = case["geometry"]
+    executed = {
+        "jax": count(*size, framed=True, geometry=geometry),
+        "torch": count(*size, geometry=geometry),
+    }
+    label = case["model"] + (" (simple)" if geometry == "simple" else "")
     device = workers[0].info
     rows = []
     for w in workers:
@@ -307,7 +321,7 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
                 f"| {w.info['peak_bytes'] / workers[1].info['peak_bytes']:.2f}"
             )
         rows.append(
-            f"| {case['model']} | {case['height']}x{case['width']} | {case['mode']} "
+            f"| {label} | {case['height']}x{case['width']} | {case['mode']} "
             f"| {w.framework} | {median:.3f} | {args.batch / median:.2f} | {gflop:.0f} "
             f"| {gflops:.0f} | {of_peak} | {mfu} | {w.info['peak_bytes'] / 2**30:.2f} GiB "
             f"| {w.info['compile_s']:.1f} {ratios} |"
@@ -316,6 +330,7 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
 
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+GEOMETRIES = ("reference", "simple")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -327,11 +342,15 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _cases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
-    """The (model, size, mode) combinations asked for, each checked."""
+    """The (geometry, model, size, mode) combinations asked for, each checked."""
     cases = []
-    for model in args.models.split(","):
+    for geometry, model in itertools.product(args.geometries.split(","), args.models.split(",")):
+        if geometry not in GEOMETRIES:
+            parser.error(f"unknown geometry {geometry!r}: use one of {', '.join(GEOMETRIES)}")
         if model not in MODELS:
             parser.error(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+        if geometry == "simple" and model == "fcn8s_atonce":
+            parser.error("fcn8s_atonce has no simple geometry (at-once is reference-only)")
         for size in args.sizes.split(","):
             try:
                 height, width = _size(size)
@@ -340,7 +359,8 @@ def _cases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[di
             for mode in args.modes.split(","):
                 if mode not in ("train", "eval"):
                     parser.error(f"unknown mode {mode!r}: use train or eval")
-                cases.append(dict(model=model, height=height, width=width, mode=mode))
+                case = dict(model=model, height=height, width=width, mode=mode)
+                cases.append(dict(case, geometry=geometry))
     return cases
 
 
@@ -356,6 +376,9 @@ def main() -> None:
     parser.add_argument("--models", default="fcn8s", help="comma-separated: fcn32s,fcn16s,fcn8s")
     parser.add_argument("--sizes", default="375x500", help="comma-separated HxW, e.g. 512x512")
     parser.add_argument("--modes", default="train", help="comma-separated: train,eval")
+    parser.add_argument(
+        "--geometries", default="reference", help="comma-separated: reference,simple"
+    )
     parser.add_argument("--batch", type=_positive_int, default=1)
     parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per framework")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -365,7 +388,8 @@ def main() -> None:
         help="interpreter with torch, for the side-by-side run (default: $FCN_TORCH_PYTHON)",
     )
     # Worker-only arguments (one case each).
-    for name, kind in (("model", str), ("height", int), ("width", int), ("mode", str)):
+    worker_args = ("model", str), ("height", int), ("width", int), ("mode", str), ("geometry", str)
+    for name, kind in worker_args:
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()

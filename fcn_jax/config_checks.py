@@ -17,6 +17,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """
     if config.model not in models.MODELS:
         raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
+    models.get_model(config.model, 1, config.model_geometry)  # ValueError names the problem
     if config.compute_dtype not in steps.DTYPES:
         raise ValueError(
             f"config.compute_dtype={config.compute_dtype!r}: use one of {list(steps.DTYPES)}"

@@ -121,7 +121,11 @@ def load_variables(
     """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
     if str(path).endswith((".pth", ".pt", ".tar")):
         return weights.load_pytorch_fcn(
-            path, model_name, width=config.width, learnable_upsampling=config.learnable_upsampling
+            path,
+            model_name,
+            width=config.width,
+            learnable_upsampling=config.learnable_upsampling,
+            geometry=config.model_geometry,
         )
     return checkpoint.restore_variables(path)
 

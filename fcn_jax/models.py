@@ -291,20 +291,31 @@ MODELS: dict[str, Callable[..., FCN]] = {
 
 
 MODEL_OPTIONS = ("width", "dtype", "learnable_upsampling", "fast_paths")
+GEOMETRIES = ("reference", "simple")
 
 
-def get_model(name: str, num_classes: int = 21, **options: Any) -> FCN:
+def get_model(
+    name: str, num_classes: int = 21, geometry: str = "reference", **options: Any
+) -> nn.Module:
     """Returns the FCN variant `name` ready for `init` / `apply`.
 
     Args:
       name: one of `fcn32s`, `fcn16s`, `fcn8s`, `fcn8s_atonce`.
       num_classes: number of output classes.
+      geometry: "reference" (the paper's Caffe model, `FCN`) or "simple" (the course-notes
+        geometry, `fcn_jax.simple_models.SimpleFCN`, which has no at-once variant).
       **options: `width` (channel multiplier), `dtype` (compute dtype, e.g. jnp.bfloat16),
         `learnable_upsampling` (bool), `fast_paths` ('auto' | 'all' | 'none').
 
     Raises:
-      ValueError: for an unknown name or option.
+      ValueError: for an unknown name, geometry or option.
     """
+    if geometry == "simple":
+        from fcn_jax import simple_models  # here: simple_models imports this module
+
+        return simple_models.get_model(name, num_classes, **options)
+    if geometry != "reference":
+        raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     unknown = set(options) - set(MODEL_OPTIONS)

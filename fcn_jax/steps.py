@@ -47,10 +47,11 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FCN:
-    """The FCN of `config.model` with the config's width, dtype and upsampling option."""
+    """The FCN of `config.model` in `config.model_geometry`, with the config's options."""
     return models.get_model(
         config.model,
         num_classes,
+        config.model_geometry,
         width=config.width,
         dtype=DTYPES[config.compute_dtype],
         learnable_upsampling=config.learnable_upsampling,

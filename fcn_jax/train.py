@@ -43,7 +43,7 @@ from fcn_jax.weight_files import fetch_weights
 def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array) -> dict:
     """The variables training starts from, as `config.init` says (§3)."""
     init = config.init
-    options = dict(learnable_upsampling=config.learnable_upsampling)
+    options = dict(learnable_upsampling=config.learnable_upsampling, geometry=config.model_geometry)
     if init.kind == "random":
         return models.init_variables(model, rng)
     path = init.path

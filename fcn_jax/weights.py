@@ -26,8 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from fcn_jax import torch_pickle
+from fcn_jax import simple_models, torch_pickle
 from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, bilinear_kernel, get_model, init_variables
 
 Variables = dict[str, Any]
@@ -101,9 +102,13 @@ def _to_flax(slot: _Slot, value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
 
 
-def _slots(name: str, num_classes: int, width: float, learnable_upsampling: bool) -> dict:
+def _slots(
+    name: str, num_classes: int, width: float, learnable_upsampling: bool, geometry: str
+) -> dict:
     """PyTorch key -> `_Slot` for every variable of the model, from its abstract init."""
-    model = get_model(name, num_classes, width=width, learnable_upsampling=learnable_upsampling)
+    model = get_model(
+        name, num_classes, geometry, width=width, learnable_upsampling=learnable_upsampling
+    )
     # eval_shape: shapes only, no 134M-parameter allocation.
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     slots = {}
@@ -164,6 +169,7 @@ def fcn_variables_from_state_dict(
     num_classes: int | None = None,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
 ) -> Variables:
     """Converts a pytorch-fcn state_dict (keys of §6.3) into Flax variables of `name`.
 
@@ -174,6 +180,8 @@ def fcn_variables_from_state_dict(
       width: defaults to (fc6 output channels) / 4096, as `get_model`'s `width`.
       learnable_upsampling: put the transposed-conv kernels in `params` instead of
         `upsampling`, as the model built with the same option expects.
+      geometry: "reference" or "simple" (`get_model`); a simple-geometry state_dict has the
+        same key names, with 1x1 fc6/fc7.
 
     Returns:
       `{'params': ..., 'upsampling': ...}` ready for `get_model(name, num_classes,
@@ -188,7 +196,7 @@ def fcn_variables_from_state_dict(
         num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 21
     if width is None:
         width = _width_from(state, "fc6.bias")
-    slots = _slots(name, num_classes, width, learnable_upsampling)
+    slots = _slots(name, num_classes, width, learnable_upsampling, geometry)
     _check_tensors(state, slots, {})
     return _assemble(state, slots)
 
@@ -200,6 +208,7 @@ def load_pytorch_fcn(
     num_classes: int | None = None,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
 ) -> Variables:
     """Loads a pytorch-fcn checkpoint (e.g. `fcn8s_from_caffe.pth`) as Flax variables.
 
@@ -210,9 +219,10 @@ def load_pytorch_fcn(
       num_classes: defaults to the file's (length of `score_fr.bias`).
       width: defaults to the file's ((fc6 output channels) / 4096).
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: see `fcn_variables_from_state_dict`.
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: the file does not fit the model; the message names every offending tensor.
@@ -223,6 +233,7 @@ def load_pytorch_fcn(
         num_classes=num_classes,
         width=width,
         learnable_upsampling=learnable_upsampling,
+        geometry=geometry,
     )
 
 
@@ -257,6 +268,8 @@ def vgg16_variables_from_state_dict(
     *,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
+    rng: jax.Array | None = None,
 ) -> Variables:
     """Initialises FCN `name` from a torchvision-layout VGG16 state_dict (§3.1, §6.4).
 
@@ -271,9 +284,14 @@ def vgg16_variables_from_state_dict(
       num_classes: classes of the new score layers.
       width: defaults to (classifier.0 output features) / 4096.
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: "reference", or "simple" (`fcn_jax.simple_models`): its 1x1 fc6/fc7 cannot
+        take VGG's fc weights, so VGG's classifier is read but dropped and fc6/fc7 get
+        `simple_models.FC_KERNEL_INIT` (He normal) and zero biases, drawn from `rng`
+        (default key 0); a log line names them.
+      rng: key for the layers VGG16 does not provide (simple geometry only).
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: naming every missing, unexpected or wrongly shaped tensor (by its VGG name).
@@ -285,7 +303,8 @@ def vgg16_variables_from_state_dict(
     fc6_vgg = next(k for k, v in layout.items() if v == "fc6")
     if width is None:
         width = _width_from(state, f"{fc6_vgg}.bias")
-    slots = _slots(name, num_classes, width, learnable_upsampling)
+    slots = _slots(name, num_classes, width, learnable_upsampling, geometry)
+    fresh = simple_models.FRESH_LAYERS if geometry == "simple" else ()
 
     # Messages name tensors as the file does; keys outside the mapping stay distinct from
     # FCN names, so an FCN checkpoint passed here by mistake is rejected, not half-loaded.
@@ -297,6 +316,8 @@ def vgg16_variables_from_state_dict(
         if key in _VGG_DISCARDED:
             continue
         prefix, _, leaf = key.rpartition(".")
+        if vgg_to_fcn.get(prefix) in fresh:
+            continue
         fcn_key = f"{vgg_to_fcn[prefix]}.{leaf}" if prefix in vgg_to_fcn else f"vgg:{key}"
         names.setdefault(fcn_key, key)
         if fcn_key in slots and value.ndim == 2 and leaf == "weight":
@@ -306,14 +327,29 @@ def vgg16_variables_from_state_dict(
             if value.shape[1] % (kh * kw) == 0:
                 value = value.reshape(value.shape[0], value.shape[1] // (kh * kw), kh, kw)
         fcn_state[fcn_key] = value
-    vgg_slots = {k: s for k, s in slots.items() if s.layer.startswith(("conv", "fc"))}
+    vgg_slots = {
+        k: s
+        for k, s in slots.items()
+        if s.layer.startswith(("conv", "fc")) and s.layer not in fresh
+    }
     _check_tensors(fcn_state, vgg_slots, names)
 
     variables = _assemble(fcn_state, vgg_slots)
+    keys = iter(jax.random.split(jax.random.key(0) if rng is None else rng, len(slots)))
     for key, slot in slots.items():
         if key not in vgg_slots:
             layer = variables.setdefault(slot.collection, {}).setdefault(slot.layer, {})
-            layer[slot.leaf] = jnp.asarray(_head_init(slot))
+            if slot.layer in fresh:
+                layer[slot.leaf] = simple_models.fresh_init(next(keys), slot.leaf, slot.flax_shape)
+            else:
+                layer[slot.leaf] = jnp.asarray(_head_init(slot))
+    if fresh:
+        logging.info(
+            "load_vgg16(%s, geometry=simple): 13 conv layers from VGG16; %s initialised "
+            "(He normal kernels, zero biases)",
+            name,
+            ", ".join(fresh),
+        )
     return variables
 
 
@@ -334,6 +370,8 @@ def load_vgg16(
     *,
     width: float | None = None,
     learnable_upsampling: bool = False,
+    geometry: str = "reference",
+    rng: jax.Array | None = None,
 ) -> Variables:
     """Initialises FCN `name` from an ImageNet VGG16 `.pth` in torchvision layout.
 
@@ -347,9 +385,11 @@ def load_vgg16(
       num_classes: classes of the (zero-initialised) score layers.
       width: defaults to the file's ((classifier.0 output features) / 4096).
       learnable_upsampling: see `fcn_variables_from_state_dict`.
+      geometry: "reference" or "simple"; see `vgg16_variables_from_state_dict`.
+      rng: see `vgg16_variables_from_state_dict`.
 
     Returns:
-      Variables for `get_model(name, num_classes, width=..., learnable_upsampling=...)`.
+      Variables for `get_model(name, num_classes, geometry, width=..., ...)`.
 
     Raises:
       ValueError: naming every missing, unexpected or wrongly shaped tensor.
@@ -360,6 +400,8 @@ def load_vgg16(
         num_classes,
         width=width,
         learnable_upsampling=learnable_upsampling,
+        geometry=geometry,
+        rng=rng,
     )
 
 

@@ -37,3 +37,22 @@ def test_reference_recipes(name, lr, init):
     assert config.loss_reduction == "sum" and not config.learnable_upsampling
     assert config.dataset.name == "voc_segmentation/sbd"
     assert config.dataset.eval_split == "seg11valid"
+
+
+@pytest.mark.parametrize("name", ["simple_fcn8s", "quickstart_simple"])
+def test_simple_geometry_recipes(name):
+    # Issue #14: the course-notes geometry starts partly from scratch.
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model_geometry == "simple" and config.model == "fcn8s"
+    assert config.loss_reduction == "mean" and config.batch_size > 1 and config.dataset.augment
+    assert all(side % 32 == 0 for side in config.dataset.canvas_size)
+
+
+def test_model_geometry_is_validated():
+    config = importlib.import_module("configs.fcn8s_atonce").get_config()
+    config.model_geometry = "simple"
+    with pytest.raises(ValueError, match="at-once is reference-only"):
+        config_checks.validate_config(config)
+    config.model_geometry = "course"
+    with pytest.raises(ValueError, match="unknown geometry"):
+        config_checks.validate_config(config)

@@ -1,9 +1,17 @@
 """Tests for fcn_jax.fast_paths: which trick runs for which option and backend."""
 
-import jax
-import pytest
+import functools
+import re
 
-from fcn_jax import fast_paths
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import default
+from fcn_jax import fast_paths, losses, models, optim, steps
 
 
 def test_tricks_and_options():
@@ -53,3 +61,123 @@ def test_lowering_for_nests_and_restores():
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"])
+def test_all_tricks_compute_what_the_plain_path_computes(name):
+    # 'none' is the plain path of docs/reference.md, the oracle; an odd size exercises the
+    # ceil-mode pooling and the frame's uneven runs.
+    images = jax.random.normal(jax.random.key(0), (2, 37, 45, 3))
+    labels = jax.random.randint(jax.random.key(1), (2, 37, 45), 0, 5)
+    plain, fast = (models.get_model(name, 5, width=1 / 16, fast_paths=o) for o in ("none", "all"))
+    variables = plain.init(jax.random.key(2), images)
+    # Random score and upsampling kernels: zero or symmetric ones would hide mistakes.
+    variables = jax.tree.map(
+        lambda v: jax.random.normal(jax.random.key(v.size), v.shape) * 0.1, variables
+    )
+
+    def loss(variables, model):
+        logits = model.apply(variables, images, train=False)
+        return losses.pixel_cross_entropy(logits, labels, reduction="sum")[0], logits
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    (plain_grads, plain_logits), (fast_grads, fast_logits) = (
+        grad(variables, plain),
+        grad(variables, fast),
+    )
+    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4)
+    for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.abs(want).max()))
+
+
+# ------------------------------------------------------------- lowering for GPU and TPU
+# The train and eval steps of the full-width FCN-8s in bfloat16, jitted over an abstract
+# 8-device mesh and exported for 'cuda' and 'tpu' from this CPU host: tracing and lowering
+# only, nothing compiles (a few seconds each).
+
+BATCH, SIZE = 8, 512
+
+
+def _exported_steps(platform: str, option: str = "auto") -> dict[str, str]:
+    """StableHLO text of the train and eval steps lowered for `platform`."""
+    config = default.get_config()
+    config.compute_dtype = "bfloat16"
+    model = steps.create_model(config, 21).clone(fast_paths=option)
+    image = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), image)
+    tx = optim.create_optimizer(config, variables["params"])
+    state = jax.eval_shape(
+        lambda v: steps.create_train_state(config, v, jax.random.key(0))[0], variables
+    )
+    mesh = AbstractMesh((8,), (steps.DATA_AXIS,), axis_types=(AxisType.Auto,))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(steps.DATA_AXIS))
+
+    def spec(tree, sharding):
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree
+        )
+
+    batch = {
+        "image": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((BATCH, SIZE, SIZE), jnp.int32),
+        "size": jax.ShapeDtypeStruct((BATCH, 2), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_),
+    }
+    preprocessing = config.dataset.preprocessing
+    train = jax.jit(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            reduction="sum",
+            grad_accum_steps=1,
+            preprocessing_name=preprocessing,
+        ),
+        in_shardings=(replicated, sharded),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        functools.partial(steps.eval_step, model=model, preprocessing_name=preprocessing),
+        in_shardings=(replicated, sharded),
+        out_shardings=(replicated, sharded),
+    )
+    train_batch = {k: v for k, v in batch.items() if k != "mask"}
+    with fast_paths.lowering_for(platform):
+        exported = {
+            "train": jax.export.export(train, platforms=(platform,))(
+                spec(state, replicated), spec(train_batch, sharded)
+            ),
+            "eval": jax.export.export(evaluate, platforms=(platform,))(
+                spec(state.variables(), replicated), spec(batch, sharded)
+            ),
+        }
+    for step in exported.values():
+        assert step.platforms == (platform,) and step.nr_devices == 8
+    return {name: step.mlir_module() for name, step in exported.items()}
+
+
+def _operand_types(text: str, op: str) -> list[list[str]]:
+    """The element types of each `op`'s operands, from its trailing type signature."""
+    signatures = re.findall(rf"stablehlo\.{op}\b.*?: \(([^)]*)\) ->", text)
+    return [re.findall(r"x([a-z]\w*)>", signature) for signature in signatures]
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_steps_lower_for_accelerators_without_custom_calls_in_bfloat16(platform):
+    for name, text in _exported_steps(platform).items():
+        assert "stablehlo.custom_call" not in text, name
+        convolutions = _operand_types(text, "convolution")
+        assert len(convolutions) >= 16, name  # at least the forward's 16 + 5 upsampling
+        assert all(types == ["bf16", "bf16"] for types in convolutions), (name, convolutions)
+        for types in _operand_types(text, "dot_general"):
+            assert types == ["bf16", "bf16"], (name, types)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu", "cpu"])
+def test_auto_lowers_xlas_native_path_for_accelerators_and_the_tricks_for_cpu(platform):
+    text = _exported_steps(platform)["train"]
+    # The plain path: nn.max_pool's gradient, and transposed convolutions over the
+    # stride-dilated input. The tricks have neither.
+    native = "select_and_scatter" in text, "lhs_dilate" in text
+    assert native == ((True, True) if platform != "cpu" else (False, False))

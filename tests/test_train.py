@@ -164,3 +164,14 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
     assert exit_info.value.code == 128 + signal.SIGTERM
     step, _ = _params(tmp_path)
     assert 1 <= step < 1000  # saved where it stopped, not at a scheduled interval
+
+
+def test_simple_geometry_trains_from_vgg16(synthetic_data_dir, tmp_path):
+    # Issue #14: the course-notes geometry end to end, its convs from a (tiny) VGG16 file.
+    vgg16 = pathlib.Path(__file__).parent / "testdata" / "parity" / "vgg16_tv.pth"
+    config = tiny_config(synthetic_data_dir, model_geometry="simple", width=1 / 64)
+    config.init.kind, config.init.path = "vgg16", str(vgg16)
+    scores = train.train_and_evaluate(config, str(tmp_path))
+    assert 0 <= scores["mean_iou"] <= 1
+    step, params = _params(tmp_path)
+    assert step == 4 and params["fc6"]["kernel"].shape == (1, 1, 8, 64)

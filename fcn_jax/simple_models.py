@@ -1,0 +1,248 @@
+"""The course-notes FCN: a simplified geometry of FCN-32s/16s/8s on VGG16 (issue #14).
+
+Many people first meet FCN in course notes that simplify the paper's Caffe model
+(docs/reference.md §2 describes that reference geometry, `fcn_jax.models.FCN`):
+
+* the VGG16 convolutions pad by 1 everywhere (no 100-pixel padding of conv1_1) and the 2x2
+  max pooling needs no ceil rounding, because every side is a multiple of 32;
+* fc6 and fc7 are 1x1 convolutions (512 -> 4096 -> 4096), each followed by ReLU and dropout;
+* `score_fr` is a 1x1 convolution to the classes;
+* upsampling is PyTorch's `ConvTranspose2d(C, C, k, stride=s, padding=p)` with k = 2s and
+  p = s / 2, which gives exactly s times its input: FCN-32s `upscore` (64, 32, 16); FCN-16s
+  `upscore2` (4, 2, 1) fused with pool4's scores, then `upscore16` (32, 16, 8); FCN-8s adds
+  `upscore_pool4` (4, 2, 1) fused with pool3's scores, then `upscore8` (16, 8, 4).
+
+There is no crop: every map of an H x W input (H, W multiples of 32) is aligned with the
+input, and the logits are H x W. Layer names are the reference family's where the roles match,
+so `fcn_jax.weights.load_vgg16(..., geometry="simple")` and `stage_variables` work by name.
+
+Sizes. An input whose sides are not multiples of 32 is padded with zeros at the bottom/right to
+the next multiple of 32 and the logits are cropped back to H x W. With `sizes` (an (N, 2)
+array of each image's height and width, placed top-left on the canvas) each example's logits
+inside its own H_i x W_i equal those of running it alone: the input is zeroed beyond the
+image, and every activation beyond the example's padded extent (ceil(H_i / 32) * 32 / f at
+stride f) is zeroed before each 3x3 convolution and each deconvolution, so nothing from the
+rest of the canvas reaches the image. The pooling windows never straddle an extent (every
+extent is even), and fc6, fc7 and the score layers are 1x1.
+
+Variables live in `params` and, for the frozen bilinear deconvolutions, `upsampling`, exactly
+as in the reference family (`fcn_jax.models`).
+
+Example:
+    model = get_model("fcn8s", num_classes=21, geometry="simple")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    logits = model.apply(variables, images, sizes=sizes)  # (N, H, W, 21)
+"""
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fcn_jax import fast_paths, models
+from fcn_jax.layers import SubpixelConvTranspose, zero_beyond
+
+# Every side is padded to a multiple of this: the output stride of pool5.
+MULTIPLE = 32
+# Layers VGG16 cannot initialise in this geometry: its fc6 is a 7x7 layer (25088 inputs), and
+# its fc7 expects that fc6's features. They start from He (Kaiming) normal, variance
+# 2 / fan-in, the initialiser made for layers followed by a ReLU (He et al., 2015): it keeps
+# the activations' scale through the two new ReLU layers, where Flax's default (LeCun normal,
+# 1 / fan-in) would halve their variance at each. Biases start at zero.
+FRESH_LAYERS = ("fc6", "fc7")
+FC_KERNEL_INIT = nn.initializers.he_normal()
+
+_FrozenConvTranspose = models._frozen_params(nn.ConvTranspose)
+_FrozenSubpixelConvTranspose = models._frozen_params(SubpixelConvTranspose)
+
+
+def fresh_init(key: jax.Array, leaf: str, shape: tuple[int, ...]) -> jax.Array:
+    """The initial value of a `FRESH_LAYERS` tensor: He normal kernel, zero bias."""
+    if leaf == "kernel":
+        return FC_KERNEL_INIT(key, shape, jnp.float32)
+    return jnp.zeros(shape, jnp.float32)
+
+
+def padded_side(side: int) -> int:
+    """The side an image of `side` pixels is run at: the next multiple of 32."""
+    return MULTIPLE * math.ceil(side / MULTIPLE)
+
+
+class SimpleFCN(nn.Module):
+    """The course-notes FCN (module docstring), with a 32s, 16s or 8s head chosen by `stride`.
+
+    Attributes:
+      num_classes: number of output classes (21 for PASCAL VOC).
+      stride: 32, 16 or 8: FCN-32s, FCN-16s or FCN-8s.
+      width: backbone channel multiplier (1.0 = VGG16), rounded as in `fcn_jax.models.FCN`.
+      learnable_upsampling: train the deconvolution kernels; when False (the default) they
+        live in the `upsampling` collection and stay bilinear.
+      dtype: compute dtype; parameters and the returned logits stay float32.
+      fast_paths: 'auto' | 'all' | 'none' (`fcn_jax.fast_paths`). Of its tricks only
+        'subpixel' applies to this geometry: the deconvolutions as sub-pixel convolutions
+        (`fcn_jax.layers.SubpixelConvTranspose`, the same values as `nn.ConvTranspose`
+        without multiplying the zeros a strided transposed convolution inserts). Otherwise
+        the plain `nn.ConvTranspose` runs.
+    """
+
+    num_classes: int = 21
+    stride: int = 8
+    width: float = 1.0
+    learnable_upsampling: bool = False
+    dtype: Any = jnp.float32
+    fast_paths: str = "auto"
+
+    def _channels(self, channels: int) -> int:
+        return max(1, int(round(channels * self.width)))
+
+    def _conv(self, features: int, size: int, name: str, **kwargs: Any) -> nn.Conv:
+        return nn.Conv(
+            features,
+            (size, size),
+            padding=size // 2,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+            **kwargs,
+        )
+
+    def _backbone(
+        self, x: jax.Array, extents: jax.Array | None, train: bool
+    ) -> dict[str, jax.Array]:
+        """VGG16 with padding 1 and 2x2 pooling, then the 1x1 fc6/fc7; pool3, pool4, fc7."""
+        pools = {}
+        for block, num_convs, channels in models.VGG16_BLOCKS:
+            level = extents if extents is None else extents // 2 ** (block - 1)
+            for i in range(1, num_convs + 1):
+                if (block, i) != (1, 1):  # conv1_1's input is masked by the caller
+                    x = zero_beyond(x, level)
+                x = nn.relu(self._conv(self._channels(channels), 3, f"conv{block}_{i}")(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            pools[block] = x
+        for name in FRESH_LAYERS:
+            fc = self._conv(self._channels(models.FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
+            x = nn.relu(fc(x))
+            x = nn.Dropout(models.DROPOUT_RATE, deterministic=not train)(x)
+        return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
+
+    def _score(self, name: str) -> nn.Conv:
+        # Zero-initialised like the reference family's score layers (§3).
+        return self._conv(self.num_classes, 1, name, kernel_init=nn.initializers.zeros)
+
+    def _upsample(
+        self, x: jax.Array, factor: int, name: str, extents: jax.Array | None, stride: int
+    ) -> jax.Array:
+        """PyTorch's ConvTranspose2d(k=2f, stride=f, padding=f/2): exactly f times the input.
+
+        Args:
+          x: a map at `stride` pixels of the input per position.
+          factor: the upsampling factor f.
+          name: the layer's name.
+          extents: the examples' padded extents in input pixels, or None.
+          stride: the stride of `x`.
+        """
+        subpixel = fast_paths.enabled(self.fast_paths, "subpixel")
+        if self.learnable_upsampling:
+            cls = SubpixelConvTranspose if subpixel else nn.ConvTranspose
+        else:
+            cls = _FrozenSubpixelConvTranspose if subpixel else _FrozenConvTranspose
+        x = zero_beyond(x, extents if extents is None else extents // stride)
+        up = cls(
+            self.num_classes,
+            (2 * factor, 2 * factor),
+            strides=(factor, factor),
+            padding="VALID",
+            use_bias=False,
+            kernel_init=models._bilinear_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )(x)
+        # VALID gives (n - 1) f + 2f; PyTorch's padding f/2 drops f/2 from each side.
+        crop = factor // 2
+        return up[:, crop : up.shape[1] - crop, crop : up.shape[2] - crop]
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, sizes: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """Computes per-pixel class scores.
+
+        Args:
+          images: preprocessed images (N, H, W, 3), any H, W >= 1; sides that are not
+            multiples of 32 are zero-padded to the next multiple and the logits cropped back.
+          sizes: optional int (N, 2) (height, width) of each image, placed top-left; inside
+            it the logits equal those of the image run alone (module docstring). Values must
+            lie in [1, H] x [1, W]; they cannot be checked under jit.
+          train: enables dropout.
+
+        Returns:
+          float32 logits (N, H, W, num_classes).
+        """
+        if self.stride not in (8, 16, 32):
+            raise ValueError(f"SimpleFCN stride must be 8, 16 or 32, got {self.stride}")
+        fast_paths.check_option(self.fast_paths)
+        height, width = images.shape[1:3]
+        x = images.astype(self.dtype)
+        x = jnp.pad(
+            x, ((0, 0), (0, padded_side(height) - height), (0, padded_side(width) - width), (0, 0))
+        )
+        extents = None
+        if sizes is not None:
+            sizes = jnp.asarray(sizes, jnp.int32)
+            x = zero_beyond(x, sizes)
+            extents = MULTIPLE * ((sizes + MULTIPLE - 1) // MULTIPLE)
+        feats = self._backbone(x, extents, train)
+        score = self._score("score_fr")(feats["fc7"])
+        upsample = functools.partial(self._upsample, extents=extents)
+        if self.stride == 32:
+            out = upsample(score, 32, "upscore", stride=32)
+        else:
+            upscore2 = upsample(score, 2, "upscore2", stride=32)
+            fuse = upscore2 + self._score("score_pool4")(feats["pool4"])
+            if self.stride == 16:
+                out = upsample(fuse, 16, "upscore16", stride=16)
+            else:
+                upscore_pool4 = upsample(fuse, 2, "upscore_pool4", stride=16)
+                fuse = upscore_pool4 + self._score("score_pool3")(feats["pool3"])
+                out = upsample(fuse, 8, "upscore8", stride=8)
+        return out[:, :height, :width].astype(jnp.float32)
+
+
+MODELS = {
+    "fcn32s": functools.partial(SimpleFCN, stride=32),
+    "fcn16s": functools.partial(SimpleFCN, stride=16),
+    "fcn8s": functools.partial(SimpleFCN, stride=8),
+}
+
+OPTIONS = ("width", "dtype", "learnable_upsampling", "fast_paths")
+
+
+def get_model(name: str, num_classes: int = 21, **options: Any) -> SimpleFCN:
+    """Returns the simple-geometry variant `name`; `fcn_jax.models.get_model` calls this.
+
+    Args:
+      name: `fcn32s`, `fcn16s` or `fcn8s` (at-once belongs to the reference geometry).
+      num_classes: number of output classes.
+      **options: `width`, `dtype`, `learnable_upsampling`, `fast_paths` (`SimpleFCN`).
+
+    Raises:
+      ValueError: for an unknown name or option, or a bad value.
+    """
+    if name not in MODELS:
+        raise ValueError(
+            f"model {name!r} has no simple geometry (FCN-8s at-once is reference-only); "
+            f"choose one of {sorted(MODELS)}"
+        )
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {sorted(unknown)}; allowed: {OPTIONS}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if options.get("width", 1.0) <= 0:
+        raise ValueError(f"width must be > 0, got {options['width']}")
+    fast_paths.check_option(options.get("fast_paths", "auto"))
+    return MODELS[name](num_classes=num_classes, **options)

@@ -1,0 +1,48 @@
+"""benchmarks/export_latency.py: its arguments and a tiny run, as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    # One device, as users run it (not the tests' simulated four).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.export_latency", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("--runs=0", "--runs: 0: must be at least 1"),
+        ("--size=375", "'375': expected HxW"),
+        ("--size=600x400", "does not fit --canvas"),
+    ],
+)
+def test_bad_arguments_are_refused(argument, message):
+    result = _run(argument)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_tiny_run_prints_every_runtime_and_the_artifact_sizes():
+    result = _run("--width=0.03125", "--canvas=16x16", "--size=16x12", "--runs=1", "--batch=2")
+    assert result.returncode == 0, result.stderr
+    for row in (
+        "| model.apply (own size) |",
+        "| jax.export (model.stablehlo) |",
+        "| TF SavedModel (serving_default) |",
+        "saved_model: ",
+        "stablehlo: ",
+    ):
+        assert row in result.stdout

@@ -1,0 +1,173 @@
+"""Every command of README.md, run as on an 8-device host (8 simulated CPU devices).
+
+The commands are read from the README's bash blocks, so the test follows the text. Each runs
+in a subprocess (the suite itself simulates 4 devices in-process) on the offline
+`synthetic_shapes` dataset, tiny and short: the same overrides are appended to every command,
+VOC data is swapped for the synthetic set and the VGG16 download for a random start.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEVICES = 8
+# Commands the suite does not run, by their start, and why.
+NOT_RUN = {
+    "python3 -m venv": "creates the virtualenv the suite runs in",
+    ".venv/bin/pip install": "needs PyPI; tests never touch the network",
+    "pip install -r requirements-colab.txt": "needs PyPI: tools/check_colab_requirements.py",
+    ".venv/bin/python -m pytest": "the test suite itself",
+    "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m benchmarks.steps": (
+        "full-width benchmark, minutes and GBs: tests/test_benchmarks.py runs it small"
+    ),
+    "python -m benchmarks.steps": "full width at batch 8: tests/test_benchmarks.py runs it small",
+    ".venv/bin/python -m benchmarks.input_pipeline": "a benchmark; uses no device",
+    "python -m benchmarks.device_check": "tests/test_device_check.py runs it with --tiny",
+    "docker run": "needs Docker and TF Serving: tests/test_export.py loads the SavedModel in TF",
+}
+TINY = (
+    "--config.width=0.015625",  # the width of the parity fixtures (tests/testdata/parity)
+    "--config.num_train_steps=2",
+    "--config.optimizer.warmup_steps=0",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.num_predictions_to_save=1",
+    "'--config.dataset.canvas_size=(96, 96)'",
+)
+SYNTHETIC_FOR_VOC = (
+    "--config.dataset.name=synthetic_shapes",
+    "--config.dataset.eval_name=synthetic_shapes",
+    "--config.dataset.eval_split=validation",
+)
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of README.md's bash blocks, one per `&&`-separated part."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands += [" ".join(part.split()) for part in line.split("&&")]
+    return commands
+
+
+# main.py commands the suite runs otherwise, by a part of them, and why.
+NOT_RUN_MAIN = {
+    "--coordinator_address=": "several hosts: tests/test_multihost.py runs 2 processes locally",
+    "srun ": "a SLURM job: tests/test_multihost.py runs 2 processes locally",
+}
+MAIN_COMMANDS = [
+    c for c in readme_commands() if " main.py " in c and not any(part in c for part in NOT_RUN_MAIN)
+]
+
+
+def test_every_readme_command_is_run_or_has_a_reason():
+    for command in readme_commands():
+        skipped = any(part in command for part in NOT_RUN_MAIN)
+        assert " main.py " in command or skipped or any(map(command.startswith, NOT_RUN)), command
+    modes = sorted(
+        re.search(r"--mode=(\w+)", c)[1] if "--mode" in c else "train" for c in MAIN_COMMANDS
+    )
+    # quickstart, 3 reference stages, Colab, the course-notes quickstart
+    assert modes == ["eval", "export", "predict"] + ["train"] * 6
+
+
+def _local(command: str, data_dir: str) -> str:
+    """The README command made to run offline, tiny, in the current folder."""
+    config = re.search(r"--config=configs/(\w+)\.py", command)[1]
+    command = re.sub(
+        r"^\S*python3? main\.py", f"{shlex.quote(sys.executable)} {ROOT}/main.py", command
+    )
+    command = command.replace("--config=configs/", f"--config={ROOT}/configs/")
+    command = command.replace("gs://BUCKET/", "bucket/").replace(
+        "/tmp/fcn_quickstart", "quickstart"
+    )
+    command = re.sub(r" --config\.dataset\.(manual_dir|data_dir)=\S+", "", command)
+    extra = [*TINY, f"--config.dataset.data_dir={data_dir}"]
+    if config != "quickstart":
+        extra += SYNTHETIC_FOR_VOC
+        if config in ("fcn32s", "fcn8s_atonce") and "--mode" not in command:
+            extra.append("--config.init.kind=random")  # no VGG16 download offline
+        if "--config.batch_size" not in command:
+            extra.append(f"--config.batch_size={DEVICES}")  # as the README says for N devices
+    return " ".join([command, *extra])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, synthetic_data_dir) -> dict:
+    """A working folder with the inputs the commands name, and an environment with 8 devices."""
+    folder = tmp_path_factory.mktemp("readme")
+    home = folder / "home"
+    (home / ".cache" / "fcn_jax").mkdir(parents=True)
+    # A pytorch-fcn FCN-8s file in the README's place (width 1/64, 5 classes like the data).
+    shutil.copy(
+        ROOT / "tests/testdata/parity/fcn8s_random.pth",
+        home / ".cache/fcn_jax/fcn8s_from_caffe.pth",
+    )
+    for name in ("photos/a.jpg", "more/b.jpg"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 100, 50)).save(folder / name)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {
+        "HOME": str(home),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",  # faster compiles; the results stay right
+    }
+    return {"folder": folder, "env": env, "data_dir": synthetic_data_dir}
+
+
+def _run(command: str, workspace: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=workspace["folder"],
+        env=workspace["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _workdir(command: str, workspace: dict) -> pathlib.Path:
+    return workspace["folder"] / re.search(r"--workdir=(\S+)", command)[1]
+
+
+@pytest.mark.parametrize("command", MAIN_COMMANDS)  # in README order: the stages chain
+def test_readme_command_on_8_devices(command, workspace):
+    local = _local(command, workspace["data_dir"])
+    result = _run(local, workspace)
+    assert result.returncode == 0, f"{local}\n{result.stderr[-3000:]}"
+    workdir = _workdir(local, workspace)
+    if "--mode=predict" in command:
+        assert sorted(p.name for p in (workspace["folder"] / "out").glob("*.png"))
+        return
+    if "--mode=export" in command:
+        assert sorted(os.listdir(workspace["folder"] / "OUT")) == ["model.stablehlo", "saved_model"]
+        return
+    scores = [
+        json.loads(line) for line in (workdir / "eval_results.jsonl").read_text().splitlines()
+    ]
+    assert scores[-1]["step"] == (-1 if "--mode=eval" in command else 2)
+    assert 0 <= scores[-1]["mean_iou"] <= 1
+
+
+def test_reference_batch_of_one_stops_early_on_8_devices(workspace):
+    command = _local(MAIN_COMMANDS[1], workspace["data_dir"])
+    assert "configs/fcn32s.py" in command
+    result = _run(command.replace(f" --config.batch_size={DEVICES}", ""), workspace)
+    assert result.returncode != 0
+    assert "config.batch_size=1 must be a positive multiple of the device count (8)" in (
+        result.stderr
+    )
