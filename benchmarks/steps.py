@@ -44,6 +44,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 21
+CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # fcn_jax.preprocessing's
 # Dense per-chip peaks in TFLOP/s by compute dtype, from the vendors' data sheets. For
 # float32 on NVIDIA Ampere and newer the peak is TF32's (XLA's default precision uses it), on
 # TPUs the bfloat16 one (float32 matmuls run as bfloat16 passes by default).
@@ -162,7 +163,9 @@ def _torch_runner(args: argparse.Namespace):
             if "upscore" not in name:
                 p.normal_(0, 0.01)
     images, labels = (torch.from_numpy(a) for a in _inputs(args))
-    images = images.permute(0, 3, 1, 2).contiguous()
+    # PyTorch's loader hands the network normalised floats: the preprocessing is not timed.
+    mean = torch.tensor(CAFFE_BGR_MEAN, dtype=torch.float32)
+    images = (images.flip(-1).float() - mean).permute(0, 3, 1, 2).contiguous()
     labels = labels.long()
     if args.mode == "eval":
         model.eval()
