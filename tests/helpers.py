@@ -1,8 +1,14 @@
-"""Shared test helpers: a tiny config on the synthetic dataset."""
+"""Shared test helpers: a tiny config on the synthetic dataset, a one-device subprocess."""
+
+import os
+import subprocess
+import sys
 
 import ml_collections
 
 from configs import quickstart
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
@@ -26,3 +32,21 @@ def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
             target = target[parent]
         target[leaf] = value
     return config
+
+
+def run_python(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Runs `python ARGS` from the project root on one CPU device, as users run it.
+
+    The tests' simulated devices (XLA_FLAGS) are left out: batch 1 does not split over them.
+    `env` adds variables to the child's environment.
+    """
+    child_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    child_env.update(env)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,7 +1,5 @@
-import os
 import re
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +8,7 @@ import pytest
 from benchmarks import flops
 from configs import default
 from fcn_jax import steps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_python
 
 
 def test_reference_counts_are_the_issues():
@@ -58,16 +55,7 @@ def test_simple_geometry_counts_agree_with_xla_and_are_under_half_the_reference(
 
 
 def _steps(*args: str) -> subprocess.CompletedProcess:
-    # One device, as users run it: batch 1 does not split over the tests' simulated devices.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.steps", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python("-m", "benchmarks.steps", *args)
 
 
 @pytest.mark.parametrize(

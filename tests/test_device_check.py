@@ -1,23 +1,15 @@
 """benchmarks/device_check.py in its tiny mode, on one CPU device."""
 
-import os
 import re
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_python
 
 
 def test_tiny_device_check_fills_both_tables():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # compiles dominate the tiny run
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.device_check", "--tiny", "--budget-s=1e9"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_python(
+        *("-m", "benchmarks.device_check", "--tiny", "--budget-s=1e9"),
         timeout=1200,
+        JAX_DISABLE_MOST_OPTIMIZATIONS="true",  # compiles dominate the tiny run
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

@@ -7,11 +7,8 @@ reference logits' range; the classes agree wherever the reference's two best log
 further apart than that. ONNX is not built (README, Serving: why).
 """
 
-import functools
 import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,9 +16,8 @@ import pytest
 import tensorflow as tf
 
 from fcn_jax import export, models, preprocessing, steps, weights
-from tests.helpers import tiny_config
+from tests.helpers import run_python, tiny_config
 
-ROOT = pathlib.Path(__file__).parent.parent
 PTH = pathlib.Path(__file__).parent / "testdata" / "parity" / "fcn8s_random.pth"
 CANVAS = (48, 48)
 RTOL = 1e-4
@@ -174,7 +170,6 @@ def test_export_trained_errors_name_the_problem(tmp_path, synthetic_data_dir):
 def test_main_exports_a_pytorch_fcn_file_and_refuses_to_overwrite(tmp_path, synthetic_data_dir):
     out = tmp_path / "out"
     command = [
-        sys.executable,
         "main.py",
         "--config=configs/quickstart.py",
         f"--workdir={tmp_path / 'unused'}",
@@ -185,13 +180,9 @@ def test_main_exports_a_pytorch_fcn_file_and_refuses_to_overwrite(tmp_path, synt
         "--config.dataset.canvas_size=(16, 16)",
         f"--config.dataset.data_dir={synthetic_data_dir}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    run = functools.partial(
-        subprocess.run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    result = run(command)
+    result = run_python(*command)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["model.stablehlo", "saved_model"]
-    again = run(command)
+    again = run_python(*command)
     assert again.returncode != 0
     assert "exists and is not empty; choose another or pass --overwrite" in again.stderr

@@ -1,25 +1,14 @@
 """benchmarks/export_latency.py: its arguments and a tiny run, as a user runs it."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_python
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    # One device, as users run it (not the tests' simulated four).
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.export_latency", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python("-m", "benchmarks.export_latency", *args)
 
 
 @pytest.mark.parametrize(

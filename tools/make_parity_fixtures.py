@@ -49,8 +49,11 @@ def save(obj: object, path: pathlib.Path, legacy: bool) -> None:
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
 
 
-def randomise(model: ref.FCNReference, random_deconv: bool, generator: torch.Generator) -> None:
-    """Random weights of roughly unit-variance activations; biases non-zero everywhere."""
+def randomise(model: torch.nn.Module, random_deconv: bool, generator: torch.Generator) -> None:
+    """Random weights of roughly unit-variance activations; biases non-zero everywhere.
+
+    Serves both geometries' fixture scripts; only the at-once reference has `skip_scales`.
+    """
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.ConvTranspose2d):
@@ -66,15 +69,16 @@ def randomise(model: ref.FCNReference, random_deconv: bool, generator: torch.Gen
                 gain = 2.0 if name.startswith(("conv", "fc")) else 1.0
                 w.copy_(torch.randn(w.shape, generator=generator) * (gain / fan_in) ** 0.5)
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-        if isinstance(model.skip_scales, tuple) and model.skip_scales != (1.0, 1.0):
+        skip_scales = getattr(model, "skip_scales", None)
+        if isinstance(skip_scales, tuple) and skip_scales != (1.0, 1.0):
             # At-once: undo the 0.01 / 0.0001 input scalings in the weights so the skip
             # branches contribute O(1) and a mistake in them cannot hide under the tolerance.
             model.score_pool4.weight.div_(model.skip_scales[0])
             model.score_pool3.weight.div_(model.skip_scales[1])
 
 
-def logits(model: ref.FCNReference, images: torch.Tensor) -> np.ndarray:
-    """Reference forward in float64 (the fixture's float32 weights, exactly widened)."""
+def logits(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Forward in float64 (the fixture's float32 weights, exactly widened)."""
     model64 = model.double().eval()
     with torch.no_grad():
         out = model64(images.double()).float().numpy()
@@ -98,7 +102,7 @@ def make_variants(images: torch.Tensor, generator: torch.Generator) -> dict:
 def make_staged(models: dict, images: torch.Tensor) -> None:
     for target, source in (("fcn16s", "fcn32s_bilinear"), ("fcn8s", "fcn16s_bilinear")):
         model = ref.build_model(target, NUM_CLASSES, WIDTH)
-        model.copy_by_name(models[source])
+        ref.copy_by_name(model, models[source])
         np.save(OUT / f"staged_{target}_logits.npy", logits(model, images))
 
 

@@ -28,37 +28,14 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch_simple_reference as ref  # noqa: E402
+from make_parity_fixtures import logits, randomise, save  # noqa: E402
+from torch_reference import copy_by_name  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "testdata" / "parity"
 WIDTH = 1 / 64
 NUM_CLASSES = 5
 INPUT_SHAPE = (1, 3, 64, 96)
 LEGACY = {"fcn16s"}
-
-
-def randomise(model: ref.SimpleFCN, generator: torch.Generator) -> None:
-    """Random weights of roughly unit-variance activations; biases non-zero everywhere."""
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.ConvTranspose2d):
-                w = module.weight
-                fan = w.shape[0] * (w.shape[2] // module.stride[0]) ** 2
-                w.copy_(torch.randn(w.shape, generator=generator) / fan**0.5)
-            elif isinstance(module, torch.nn.Conv2d):
-                w = module.weight
-                fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-                gain = 2.0 if name.startswith(("conv", "fc")) else 1.0
-                w.copy_(torch.randn(w.shape, generator=generator) * (gain / fan_in) ** 0.5)
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-
-
-def logits(model: ref.SimpleFCN, images: torch.Tensor) -> np.ndarray:
-    """Forward in float64 (the fixture's float32 weights, exactly widened)."""
-    model64 = model.double().eval()
-    with torch.no_grad():
-        out = model64(images.double()).float().numpy()
-    model.float()
-    return out
 
 
 def main() -> None:
@@ -69,12 +46,9 @@ def main() -> None:
     models = {}
     for variant in ref.VARIANTS:
         model = ref.build_model(variant, NUM_CLASSES, WIDTH)
-        randomise(model, generator)
+        randomise(model, True, generator)
         stem = f"simple_{variant}_random"
-        legacy = variant in LEGACY
-        torch.save(
-            model.state_dict(), OUT / f"{stem}.pth", _use_new_zipfile_serialization=not legacy
-        )
+        save(model.state_dict(), OUT / f"{stem}.pth", legacy=variant in LEGACY)
         out = logits(model, images)
         assert out.shape == (INPUT_SHAPE[0], NUM_CLASSES, *INPUT_SHAPE[2:]), out.shape
         np.save(OUT / f"{stem}_logits.npy", out)
@@ -82,7 +56,7 @@ def main() -> None:
         print(f"{stem:24s} logits std {out.std():.3g} max|.| {np.abs(out).max():.3g}")
     for target, source in (("fcn16s", "fcn32s"), ("fcn8s", "fcn16s")):
         model = ref.build_model(target, NUM_CLASSES, WIDTH)
-        model.copy_by_name(models[source])
+        copy_by_name(model, models[source])
         np.save(OUT / f"simple_staged_{target}_logits.npy", logits(model, images))
     written = sorted(OUT.glob("simple_*"))
     total = sum(p.stat().st_size for p in written)

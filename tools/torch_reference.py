@@ -151,13 +151,14 @@ class FCNReference(nn.Module):
         fuse = upscore_pool4 + crop(score_pool3, CROP_POOL3, *upscore_pool4.shape[2:])
         return crop(self.upscore8(fuse), CROP_8S, height, width)
 
-    def copy_by_name(self, source: "FCNReference") -> None:
-        """Staged initialisation (§3.1-3.2): copies every same-named parameter of `source`."""
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, value in source.named_parameters():
-                if name in own:
-                    own[name].copy_(value)
+
+def copy_by_name(target: nn.Module, source: nn.Module) -> None:
+    """Staged initialisation (§3.1-3.2): copies every same-named parameter of `source`."""
+    own = dict(target.named_parameters())
+    with torch.no_grad():
+        for name, value in source.named_parameters():
+            if name in own:
+                own[name].copy_(value)
 
 
 def build_model(name: str, num_classes: int = 21, width: float = 1.0) -> FCNReference:

@@ -115,14 +115,6 @@ class SimpleFCN(nn.Module):
         fuse = self.upscore_pool4(fuse) + self.score_pool3(pools[3])
         return self.upscore8(fuse)
 
-    def copy_by_name(self, source: "SimpleFCN") -> None:
-        """Staged initialisation: copies every same-named parameter of `source`."""
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, value in source.named_parameters():
-                if name in own:
-                    own[name].copy_(value)
-
 
 def build_model(name: str, num_classes: int = 21, width: float = 1.0) -> SimpleFCN:
     """Returns the simple variant `name` (fcn32s, fcn16s, fcn8s)."""
