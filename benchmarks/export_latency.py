@@ -101,7 +101,8 @@ def measure(
     return {name: (first[name], times[name]) for name in functions}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark; `argv` defaults to the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fcn8s", choices=sorted(models.MODELS))
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--canvas", type=_size, default=(512, 512), help="export canvas HxW")
     parser.add_argument("--batch", type=_positive, default=1)
     parser.add_argument("--runs", type=_positive, default=5, help="timed runs per runtime")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.size[0] > args.canvas[0] or args.size[1] > args.canvas[1]:
         parser.error(f"--size={args.size} does not fit --canvas={args.canvas}")
     model = models.get_model(args.model, NUM_CLASSES, width=args.width)

@@ -374,7 +374,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark; `argv` defaults to the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fcn8s", help="comma-separated: fcn32s,fcn16s,fcn8s")
     parser.add_argument("--sizes", default="375x500", help="comma-separated HxW, e.g. 512x512")
@@ -395,7 +396,7 @@ def main() -> None:
     for name, kind in worker_args:
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return

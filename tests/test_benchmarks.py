@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import flops
+from benchmarks import steps as benchmark_steps
 from configs import default
 from fcn_jax import steps
 from tests.helpers import run_python
@@ -70,10 +71,11 @@ def _steps(*args: str) -> subprocess.CompletedProcess:
         ("--torch-python=/no/such/python", "not an executable interpreter"),
     ],
 )
-def test_bad_arguments_are_named(argument, message):
-    result = _steps(*argument.split())
-    assert result.returncode == 2
-    assert message in result.stderr
+def test_bad_arguments_are_named(argument, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark_steps.main(argument.split())
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_eval_step_row():
