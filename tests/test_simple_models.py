@@ -224,7 +224,8 @@ def test_get_model_geometry_dispatch_and_errors():
 def test_vgg16_loads_every_conv_and_initialises_fc6_fc7(name, caplog):
     path = DATA / "vgg16_tv.pth"  # width 1/64, torchvision layout (make_parity_fixtures.py)
     state = weights.read_state_dict(path)
-    with caplog.at_level(logging.INFO):
+    # The absl logger's own level: TF's SavedModel code (tests/test_export.py) leaves it set.
+    with caplog.at_level(logging.INFO, logger="absl"):
         variables = weights.load_vgg16(path, name, NUM_CLASSES, geometry="simple")
     assert "fc6, fc7 initialised" in caplog.text
     params = variables["params"]
