@@ -1,9 +1,11 @@
 """Test-session setup: simulated CPU devices, quiet TensorFlow, a throwaway temp dir.
 
-All of it must happen before JAX or TensorFlow is imported, hence at module import time.
+All of it must happen before JAX or TensorFlow is imported, hence at module import time. The
+pytest-xdist worker processes and every subprocess a test starts inherit the environment.
 """
 
 import os
+import shutil
 import tempfile
 
 # Four simulated CPU devices so data-parallel code is exercised (set before the first JAX
@@ -18,8 +20,32 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 _TMP = tempfile.mkdtemp(prefix="fcn_jax_tests_")
 os.environ["TMPDIR"] = _TMP
 tempfile.tempdir = _TMP
+# One compilation cache for the whole session, shared by both xdist processes and the main.py
+# subprocesses: many tests compile the same train and eval steps again. JAX keeps compiles
+# over a second; caching the many small eager ones too would cost more than it saves.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_TMP, "jax_cache"))
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes this process's temp dir (the main process's holds the workers' and the cache)."""
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def fewer_xla_optimizations():
+    """Most XLA optimizations off while the test runs: compiles take half the time.
+
+    For tests whose cost is many one-off compiles (one per image size) of what they check
+    exactly: the results are the same up to rounding.
+    """
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
-"""Shared test helpers: a tiny config on the synthetic dataset, a one-device subprocess."""
+"""Shared test helpers: a tiny config, random model variables, a one-device subprocess."""
 
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import ml_collections
 
 from configs import quickstart
+from fcn_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,6 +35,18 @@ def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
             target = target[parent]
         target[leaf] = value
     return config
+
+
+def random_variables(model: nn.Module, seed: int = 0, scale: float = 0.3) -> dict:
+    """Normal noise of std `scale` in every variable of `model`, so no layer is a silent zero.
+
+    Only the variables' shapes come from the model: no forward pass runs.
+    """
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+    leaves, treedef = jax.tree.flatten(shapes)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noise = [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, noise)
 
 
 def run_python(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 from fcn_jax import evaluation, metrics, preprocessing, steps
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # one compile per size
+
 PARITY = pathlib.Path(__file__).parent / "testdata" / "parity"
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import frame, models
+from tests.helpers import random_variables
 
 VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS])
 
@@ -39,12 +40,7 @@ def test_resize_runs_drops_and_copies_run_rows_only():
 def test_skipping_the_frame_changes_no_output_or_gradient(monkeypatch, model_name, height, width):
     model = models.get_model(model_name, num_classes=3, width=1 / 16)
     x = jax.random.normal(jax.random.key(0), (1, height, width, 3))
-    variables = models.init_variables(model, jax.random.key(1))
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    variables = jax.tree.unflatten(
-        treedef, [0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves, strict=True)]
-    )
+    variables = random_variables(model, seed=2)
 
     def logits_and_grads():
         def loss(params):

@@ -5,6 +5,7 @@ import pytest
 from flax import traverse_util
 
 from fcn_jax import models
+from tests.helpers import random_variables
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
 TINY = 1 / 32  # channel multiplier for fast real forwards
@@ -16,15 +17,6 @@ def _count(tree) -> int:
 
 def _abstract_variables(model, shape=(1, 32, 32, 3)):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-
-
-def _random_like(variables, seed=0):
-    """Random values for every variable, so no layer is a silent zero."""
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,7 +34,7 @@ def test_output_shape_equals_input_shape_full_width(name, hw):
 @pytest.mark.parametrize("hw", [(1, 1), (26, 27), (97, 131)])
 def test_real_forward_of_tiny_model_keeps_input_size(name, hw):
     model = models.get_model(name, num_classes=3, width=TINY)
-    variables = _random_like(models.init_variables(model, jax.random.key(0)))
+    variables = random_variables(model, scale=0.1)
     out = model.apply(variables, jax.random.normal(jax.random.key(1), (1, *hw, 3)))
     assert out.shape == (1, *hw, 3)
     assert bool(jnp.all(jnp.isfinite(out)))
@@ -182,7 +174,7 @@ def test_frozen_bilinear_conv_transpose_interpolates_bilinearly(stride):
 def test_atonce_scales_skip_inputs_by_reference_constants():
     tiny = dict(num_classes=3, width=TINY)
     staged, atonce = models.get_model("fcn8s", **tiny), models.get_model("fcn8s_atonce", **tiny)
-    variables = _random_like(models.init_variables(staged, jax.random.key(0)))
+    variables = random_variables(staged, scale=0.1)
     scaled = jax.tree.map(lambda x: x, variables)
     scaled["params"]["score_pool4"]["kernel"] = variables["params"]["score_pool4"]["kernel"] * 0.01
     scaled["params"]["score_pool3"]["kernel"] = variables["params"]["score_pool3"]["kernel"] * 1e-4
@@ -194,7 +186,7 @@ def test_atonce_scales_skip_inputs_by_reference_constants():
 
 def test_dropout_only_in_training():
     model = models.get_model("fcn32s", num_classes=3, width=TINY)
-    variables = _random_like(models.init_variables(model, jax.random.key(0)))
+    variables = random_variables(model, scale=0.1)
     images = jax.random.normal(jax.random.key(1), (1, 30, 30, 3))
     eval_a = model.apply(variables, images)
     eval_b = model.apply(variables, images, train=False)
@@ -208,7 +200,7 @@ def test_dropout_only_in_training():
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     f32 = models.get_model("fcn16s", num_classes=3, width=TINY)
     bf16 = models.get_model("fcn16s", num_classes=3, width=TINY, dtype=jnp.bfloat16)
-    variables = _random_like(models.init_variables(bf16, jax.random.key(0)))
+    variables = random_variables(bf16, scale=0.1)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     images = jax.random.normal(jax.random.key(1), (1, 33, 35, 3))
     out16, out32 = bf16.apply(variables, images), f32.apply(variables, images)

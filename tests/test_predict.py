@@ -7,7 +7,7 @@ from PIL import Image
 
 from configs import quickstart
 from fcn_jax import evaluation, models, predict, preprocessing, steps, train
-from tests.helpers import tiny_config
+from tests.helpers import random_variables, tiny_config
 
 
 def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir):
@@ -39,12 +39,7 @@ def test_predict_batches_sizes_on_canvases_with_own_size_results(tmp_path):
     # Three images share a 128 x 128 canvas, one larger than the largest canvas runs alone;
     # every mask is the argmax of that image's own-size forward pass.
     model = models.get_model("fcn8s", num_classes=3, width=1 / 32)
-    variables = models.init_variables(model, jax.random.key(0))
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    variables = jax.tree.unflatten(
-        treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
+    variables = random_variables(model, seed=1)
     config = quickstart.get_config()
     config.dataset.canvas_size = (128, 128)
     config.eval_batch_size = 2

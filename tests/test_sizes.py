@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 
 from fcn_jax import losses, models
+from tests.helpers import random_variables
+
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # one compile per size
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
 CANVAS = (40, 48)
 # 1x1, odd, tall, wide, exactly the canvas, one short of it.
 SIZES = np.array([[1, 1], [17, 23], [39, 5], [3, 47], [40, 48], [39, 47]], np.int32)
-
-
-def _random_variables(model, seed=0):
-    """Every variable random (score layers and deconvolutions too), so nothing hides at zero."""
-    variables = models.init_variables(model, jax.random.key(seed))
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
 
 
 def _canvas_images(seed=2):
@@ -35,7 +28,7 @@ def _canvas_images(seed=2):
 )
 def test_canvas_logits_with_sizes_equal_own_size_logits(name, fast):
     model = models.get_model(name, num_classes=3, width=1 / 16, fast_paths=fast)
-    variables = _random_variables(model)
+    variables = random_variables(model)
     images = _canvas_images()
     canvas_logits = jax.jit(model.apply)(variables, images, sizes=SIZES)
     for i, (h, w) in enumerate(SIZES):
@@ -48,7 +41,7 @@ def test_canvas_logits_with_sizes_equal_own_size_logits(name, fast):
 def test_without_sizes_the_canvas_changes_logits_inside_the_image():
     # The reason sizes exist: zero padding to a canvas is not the image alone.
     model = models.get_model("fcn8s", num_classes=3, width=1 / 16)
-    variables = _random_variables(model)
+    variables = random_variables(model)
     image = _canvas_images()[:1, :17, :23]
     canvas = jnp.pad(image, ((0, 0), (0, CANVAS[0] - 17), (0, CANVAS[1] - 23), (0, 0)))
     own = model.apply(variables, image)[0]
@@ -59,7 +52,7 @@ def test_without_sizes_the_canvas_changes_logits_inside_the_image():
 def test_training_mode_applies_sizes_too():
     # Dropout aside (its masks differ with the map shapes), training mode is the same graph.
     model = models.get_model("fcn16s", num_classes=3, width=1 / 16)
-    variables = _random_variables(model)
+    variables = random_variables(model)
     images = _canvas_images()
     rngs = {"dropout": jax.random.key(0)}
     train = model.apply(variables, images, sizes=SIZES, train=True, rngs=rngs)
@@ -71,7 +64,7 @@ def test_training_mode_applies_sizes_too():
 @pytest.mark.parametrize("name", ["fcn32s", "fcn8s"])
 def test_summed_loss_gradients_of_a_canvas_batch_are_per_image_gradients(name):
     model = models.get_model(name, num_classes=3, width=1 / 16)
-    variables = _random_variables(model)
+    variables = random_variables(model)
     images = _canvas_images()
     labels = jax.random.randint(jax.random.key(3), (len(SIZES), *CANVAS), 0, 4)
     labels = jnp.where(labels == 3, losses.VOID, labels)  # some void pixels inside images
