@@ -10,15 +10,19 @@
 Each (model, size, mode) gets fresh worker processes, one per framework, so that compile
 time and memory are measured apart; the parent alternates them step by step on the same
 input, so both see the same machine load, and prints the medians and their ratio. The JAX
-worker runs the library's own jitted steps (fcn_jax.steps) on the reference recipe of
-configs/default.py (summed loss, SGD with momentum and the reference's parameter groups);
-the eval step is the forward pass, the argmax and the confusion matrix. The PyTorch worker
-runs tools/torch_reference.py (the model behind the parity fixtures) with the same
-optimiser, or forward, argmax and bincount; for `--geometries=simple` (the course-notes
-geometry of fcn_jax/simple_models.py, rows marked "(simple)") both sides run that geometry,
-PyTorch from tools/torch_simple_reference.py, with the same recipe. PYTHON is an interpreter
-that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never
-needs it.
+worker runs the library's own jitted steps (fcn_jax.steps); the eval step is the forward
+pass, the argmax and the confusion matrix. The PyTorch worker runs tools/torch_reference.py
+(the model behind the parity fixtures), or for `--geometries=simple` (the course-notes
+geometry of fcn_jax/simple_models.py, rows marked "(simple)")
+tools/torch_simple_reference.py; its eval step is forward, argmax and bincount. PYTHON is an
+interpreter that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax
+itself never needs it.
+
+Both frameworks train with the recipe of the geometry's config (`recipe_config`): the
+reference's (configs/default.py: summed loss, SGD momentum 0.99) or the course notes'
+(configs/simple_fcn8s.py: mean loss, SGD momentum 0.9), with the same parameter groups
+on both sides (weights decayed at the learning rate, biases at its multiple without decay,
+the bilinear upsampling frozen) and the void label 255 ignored (5% of the pixels carry it).
 
 Columns: median seconds per step and images per second; GFLOP per step as executed (fcn-jax
 skips most of the padding frame, fcn_jax.frame; PyTorch runs the reference's count, printed
@@ -44,6 +48,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 21
+VOID = 255  # fcn_jax.losses.VOID, which both frameworks' losses ignore
+VOID_FRACTION = 0.05
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # fcn_jax.preprocessing's
 # Dense per-chip peaks in TFLOP/s by compute dtype, from the vendors' data sheets. For
 # float32 on NVIDIA Ampere and newer the peak is TF32's (XLA's default precision uses it), on
@@ -89,7 +95,32 @@ def _inputs(args: argparse.Namespace):
     rng = np.random.default_rng(0)
     shape = (args.batch, args.height, args.width)
     images = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
-    return images, rng.integers(0, NUM_CLASSES, size=shape, dtype=np.int32)
+    labels = rng.integers(0, NUM_CLASSES, size=shape, dtype=np.int32)
+    labels[rng.random(shape) < VOID_FRACTION] = VOID
+    return images, labels
+
+
+def recipe_config(geometry: str):
+    """The config whose training recipe `geometry`'s rows use."""
+    # Imported here: ml_collections is not in the PyTorch worker's environment.
+    from configs import default, simple_fcn8s
+
+    return {"reference": default, "simple": simple_fcn8s}[geometry].get_config()
+
+
+def torch_recipe(geometry: str) -> dict:
+    """What the PyTorch worker needs of `recipe_config(geometry)`, which it cannot import."""
+    config = recipe_config(geometry)
+    opt = config.optimizer
+    if opt.name != "sgd":
+        raise ValueError(f"the PyTorch worker runs SGD only; the {geometry} recipe uses {opt.name}")
+    return {
+        "reduction": config.loss_reduction,
+        "learning_rate": opt.learning_rate,
+        "momentum": opt.momentum,
+        "weight_decay": opt.weight_decay,
+        "bias_lr_multiplier": opt.bias_lr_multiplier,
+    }
 
 
 def _jax_variables(model):
@@ -115,10 +146,9 @@ def _jax_runner(args: argparse.Namespace):
     import jax
     import numpy as np
 
-    from configs import default
     from fcn_jax import steps
 
-    config = default.get_config()
+    config = recipe_config(args.geometry)
     config.model, config.batch_size, config.compute_dtype = args.model, args.batch, args.dtype
     config.model_geometry = args.geometry
     model = steps.create_model(config, NUM_CLASSES)
@@ -147,7 +177,7 @@ def _jax_runner(args: argparse.Namespace):
 
 
 def _torch_runner(args: argparse.Namespace):
-    """tools/torch_reference.py's model, trained or evaluated like the JAX worker's."""
+    """The PyTorch model of `args.geometry`, trained or evaluated like the JAX worker's."""
     import torch
 
     sys.path.insert(0, ROOT)
@@ -176,14 +206,35 @@ def _torch_runner(args: argparse.Namespace):
                 torch.bincount(labels.flatten() * NUM_CLASSES + predictions.flatten())
 
         return evaluate
-    # The reference recipe (§4.3): SGD momentum 0.99, decay on weights, frozen upsampling.
-    trained = [p for n, p in model.named_parameters() if "upscore" not in n]
-    optimizer = torch.optim.SGD(trained, lr=1e-10, momentum=0.99, weight_decay=5e-4)
-    model.train()
+    # The geometry's recipe, with the parameter groups of fcn_jax.optim: the frozen bilinear
+    # upsampling gets no gradient at all, as in fcn-jax where it is not in `params`.
+    recipe = json.loads(args.recipe)
+    lr = recipe["learning_rate"]
+    for name, p in model.named_parameters():
+        p.requires_grad_("upscore" not in name)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {
+            "params": [p for n, p in trained if not n.endswith("bias")],
+            "weight_decay": recipe["weight_decay"],
+        },
+        {
+            "params": [p for n, p in trained if n.endswith("bias")],
+            "lr": lr * recipe["bias_lr_multiplier"],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"])
+    model.train()  # dropout on
 
     def step():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="sum")
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(
+            logits, labels, ignore_index=VOID, reduction=recipe["reduction"]
+        )
+        if recipe["reduction"] == "sum":
+            loss = loss / len(images)  # fcn_jax.losses: summed per image
         loss.backward()
         optimizer.step()
 
@@ -258,6 +309,8 @@ class _Worker:
         cmd = [python, "-m", "benchmarks.steps", f"--worker={framework}"]
         cmd += [f"--{k}={v}" for k, v in case.items()]
         cmd += [f"--batch={args.batch}", f"--dtype={args.dtype}"]
+        if framework == "torch":
+            cmd.append(f"--recipe={json.dumps(torch_recipe(case['geometry']))}")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -396,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, kind in worker_args:
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)  # torch_recipe's JSON
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
