@@ -298,3 +298,19 @@ def _phase_kernel(kernel: jax.Array, stride: int) -> jax.Array:
     taps = kernel.reshape(2, stride, 2, stride, c_in, c_out)[:, ::-1, :, ::-1]
     # (a, r_h, b, r_w, in, out) -> (a, b, in, r_h, r_w, out)
     return taps.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, stride * stride * c_out)
+
+
+def relu_max_pool_floor(x: jax.Array) -> jax.Array:
+    """ReLU then 2x2 stride-2 max pooling with floor rounding, with the fused backward.
+
+    Floor rounding (PyTorch's default, the simple geometry's) drops an odd last row or
+    column; on the even part that remains, floor and ceil rounding are the same pooling, so
+    this is `relu_max_pool_ceil` of that part and keeps its one-byte backward.
+    """
+    return relu_max_pool_ceil(x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2])
+
+
+def plain_relu_max_pool_floor(x: jax.Array) -> jax.Array:
+    """`relu_max_pool_floor` as XLA's own ReLU and max pooling: the plain path and test oracle."""
+    return nn.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2))
+
