@@ -13,7 +13,7 @@ input, so both see the same machine load, and prints the medians and their ratio
 worker runs the library's own jitted steps (fcn_jax.steps); the eval step is the forward
 pass, the argmax and the confusion matrix. The PyTorch worker runs tools/torch_reference.py
 (the model behind the parity fixtures), or for `--geometries=simple` (the course-notes
-geometry of fcn_jax/simple_models.py, rows marked "(simple)")
+geometry of fcn_jax/models/simple.py, rows marked "(simple)")
 tools/torch_simple_reference.py; its eval step is forward, argmax and bincount. PYTHON is an
 interpreter that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax
 itself never needs it.
@@ -143,6 +143,9 @@ def _compiled(jitted, *example):
 
 def _jax_runner(args: argparse.Namespace):
     """The library's jitted train (or eval) step; returns (run one step, compile seconds)."""
+    from fcn_jax import xla_setup
+
+    xla_setup.add_default_xla_flags()  # main.py's CPU settings, before the first computation
     import jax
     import numpy as np
 
