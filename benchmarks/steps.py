@@ -392,7 +392,7 @@ MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 GEOMETRIES = ("reference", "simple")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """Parses HxW (e.g. 375x500) into two positive ints; argparse reports a ValueError."""
     height, width = (int(v) for v in text.lower().split("x"))
     if height < 1 or width < 1:
@@ -412,7 +412,7 @@ def _cases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[di
             parser.error("fcn8s_atonce has no simple geometry (at-once is reference-only)")
         for size in args.sizes.split(","):
             try:
-                height, width = _size(size)
+                height, width = parse_size(size)
             except ValueError:
                 parser.error(f"bad size {size!r} in --sizes: use HxW with H, W >= 1, e.g. 375x500")
             for mode in args.modes.split(","):

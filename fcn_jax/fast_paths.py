@@ -66,6 +66,15 @@ _TRICKS = (
         "On GPU/TPU conv1_1's im2col needs a temporary that native gradients do not.",
     ),
     Trick(
+        "ordered_grads",
+        _CPU,
+        "The 3x3 convolutions other than conv1_1 as fcn_jax.layers.ConvWithOrderedGrads, whose "
+        "backward computes the kernel and bias gradients before the input gradient and makes "
+        "the latter depend on them. XLA's CPU scheduler otherwise leaves every layer's kernel "
+        "and bias gradients for the end of the step and keeps all layers' output gradients "
+        "alive until then. Not measured on an accelerator, whose schedulers differ.",
+    ),
+    Trick(
         "subpixel",
         _CPU,
         "Upsampling as a stride-1 convolution and a depth-to-space reshuffle "
@@ -91,6 +100,7 @@ class FastPaths:
     frame: bool = False
     fused_pool: bool = False
     matmul_grads: bool = False
+    ordered_grads: bool = False
     subpixel: bool = False
 
     def names(self) -> tuple[str, ...]:

@@ -5,6 +5,9 @@
 * `conv_with_matmul_grads`: a convolution whose backward pass is written as matrix products.
 * `SubpixelConvTranspose`: `nn.ConvTranspose` for the FCN upsampling shape (kernel = 2 x
   stride, VALID), computed as a stride-1 convolution followed by a depth-to-space reshuffle.
+* `relu_max_pool_floor`: `relu_max_pool_ceil` for floor rounding (the simple geometry).
+* `ConvWithOrderedGrads`: `nn.Conv` whose backward computes the kernel and bias gradients
+  before the input gradient.
 
 Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
 XLA's CPU backend; tests/test_layers.py checks them against those counterparts.
@@ -17,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.linear import canonicalize_padding
 
 
 def crop(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
@@ -314,3 +318,91 @@ def plain_relu_max_pool_floor(x: jax.Array) -> jax.Array:
     """`relu_max_pool_floor` as XLA's own ReLU and max pooling: the plain path and test oracle."""
     return nn.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2))
 
+
+class ConvWithOrderedGrads(nn.Conv):
+    """`nn.Conv` (2-D NHWC, stride 1, with bias) whose backward orders its three gradients.
+
+    Same parameters (`kernel` (kh, kw, in, out) and `bias`, made by the same initialisers)
+    and the same values as `nn.Conv`. Only the backward pass differs: it computes the kernel
+    and bias gradients first and makes the input gradient depend on them, so that each
+    layer's output gradient and input die before the layers below run. XLA's CPU scheduler
+    otherwise defers the kernel and bias gradients of every layer towards the end of the
+    step (the optimiser update, their only consumer), and a train step keeps the output
+    gradients and inputs of all layers alive at once.
+
+    The dependency is a product with zero (`conv_bias_with_ordered_grads`), which leaves
+    every finite value as it is; a non-finite kernel or bias gradient turns the input
+    gradients below into NaN, where the step is lost anyway.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Convolves NHWC `inputs`: (N, H, W, C) -> (N, H', W', features)."""
+        kernel_size = tuple(self.kernel_size)
+        padding = canonicalize_padding(self.padding, 2)
+        if (
+            inputs.ndim != 4
+            or len(kernel_size) != 2
+            or _pair(self.strides) != (1, 1)
+            or self.input_dilation not in (None, 1, (1, 1))
+            or self.kernel_dilation not in (None, 1, (1, 1))
+            or self.feature_group_count != 1
+            or not self.use_bias
+            or self.mask is not None
+            or self.conv_general_dilated is not None
+            or padding in ("CIRCULAR", "CAUSAL", "REFLECT")
+        ):
+            raise ValueError(
+                "ConvWithOrderedGrads supports 2-D NHWC inputs, stride 1, no dilation, no "
+                "groups, no mask, a bias, and SAME, VALID or explicit padding"
+            )
+        kernel_shape = (*kernel_size, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        if isinstance(padding, str):
+            padding = jax.lax.padtype_to_pads(inputs.shape[1:3], kernel_size, (1, 1), padding)
+        pads = tuple(tuple(p) for p in padding)
+        return conv_bias_with_ordered_grads(inputs, kernel, bias, pads, self.precision)
+
+
+def _conv_bias(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple, precision: Any
+) -> jax.Array:
+    return _conv_nhwc(x, kernel, padding, precision) + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv_bias_with_ordered_grads(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple, precision: Any
+) -> jax.Array:
+    """NHWC stride-1 convolution plus bias, whose input gradient waits for the other two.
+
+    Args:
+      x: (N, H, W, C_in).
+      kernel: (kh, kw, C_in, C_out).
+      bias: (C_out,).
+      padding: ((top, bottom), (left, right)).
+      precision: as `lax.conv_general_dilated`'s.
+    """
+    return _conv_bias(x, kernel, bias, padding, precision)
+
+
+def _ordered_fwd(x, kernel, bias, padding, precision):
+    return _conv_bias(x, kernel, bias, padding, precision), (x, kernel, bias)
+
+
+def _ordered_bwd(padding, precision, residuals, grad):
+    # XLA drops what each call leaves unused: the forward convolution, and one call's input
+    # gradient, the other's kernel and bias gradients.
+    conv = functools.partial(_conv_bias, padding=padding, precision=precision)
+    _, vjp = jax.vjp(conv, *residuals)
+    _, dkernel, dbias = vjp(grad)
+    # A data dependency, which XLA cannot reorder (it drops optimization barriers before
+    # scheduling on CPU): the input gradient reads the others through a product with zero.
+    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(grad.dtype)
+    (dx, _, _) = vjp(grad + jnp.zeros((), grad.dtype) * first)
+    return dx, dkernel, dbias
+
+
+conv_bias_with_ordered_grads.defvjp(_ordered_fwd, _ordered_bwd)

@@ -15,7 +15,7 @@ from fcn_jax import fast_paths, losses, models, optim, steps
 
 
 def test_tricks_and_options():
-    assert fast_paths.TRICKS == ("frame", "fused_pool", "matmul_grads", "subpixel")
+    assert fast_paths.TRICKS == ("frame", "fused_pool", "matmul_grads", "ordered_grads", "subpixel")
     assert fast_paths.OPTIONS == ("auto", "all", "none")
     for trick in fast_paths.TRICKS:
         assert fast_paths.TRICK_INFO[trick].doc
@@ -69,31 +69,53 @@ def test_bad_arguments_raise(call):
         call()
 
 
-@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"])
-def test_all_tricks_compute_what_the_plain_path_computes(name):
+def _logits_and_grads(model, variables, images, labels, sizes=None):
+    def loss(variables):
+        logits = model.apply(variables, images, sizes=sizes, train=False)
+        return losses.pixel_cross_entropy(logits, labels, reduction="sum")[0], logits
+
+    grads, logits = jax.jit(jax.grad(loss, has_aux=True))(variables)
+    return logits, grads
+
+
+def _check_against_plain_path(geometry, name, fast, sizes=None):
     # 'none' is the plain path of docs/reference.md, the oracle; an odd size exercises the
-    # ceil-mode pooling and the frame's uneven runs.
+    # ceil-mode pooling and the frame's uneven runs (the simple geometry pads it to 64x64).
     images = jax.random.normal(jax.random.key(0), (2, 37, 45, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 37, 45), 0, 5)
-    plain, fast = (models.get_model(name, 5, width=1 / 16, fast_paths=o) for o in ("none", "all"))
+    plain = models.get_model(name, 5, geometry, width=1 / 16, fast_paths="none")
     variables = plain.init(jax.random.key(2), images)
     # Random score and upsampling kernels: zero or symmetric ones would hide mistakes.
     variables = jax.tree.map(
         lambda v: jax.random.normal(jax.random.key(v.size), v.shape) * 0.1, variables
     )
-
-    def loss(variables, model):
-        logits = model.apply(variables, images, train=False)
-        return losses.pixel_cross_entropy(logits, labels, reduction="sum")[0], logits
-
-    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
-    (plain_grads, plain_logits), (fast_grads, fast_logits) = (
-        grad(variables, plain),
-        grad(variables, fast),
+    plain_logits, plain_grads = _logits_and_grads(plain, variables, images, labels, sizes)
+    fast_logits, fast_grads = _logits_and_grads(
+        plain.clone(fast=fast), variables, images, labels, sizes
     )
     np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4)
     for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize(
+    "geometry, name",
+    [("reference", n) for n in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")]
+    + [("simple", n) for n in ("fcn32s", "fcn8s")],
+)
+def test_all_tricks_compute_what_the_plain_path_computes(geometry, name):
+    _check_against_plain_path(geometry, name, ALL_ON)
+
+
+# The tricks each geometry has (the simple geometry has no frame), each alone, with sizes.
+@pytest.mark.parametrize(
+    "geometry, trick",
+    [("reference", t) for t in fast_paths.TRICKS]
+    + [("simple", t) for t in fast_paths.TRICKS if t != "frame"],
+)
+def test_each_trick_alone_computes_what_the_plain_path_computes(geometry, trick):
+    sizes = np.array([[37, 45], [20, 31]], np.int32)
+    _check_against_plain_path(geometry, "fcn8s", fast_paths.FastPaths(**{trick: True}), sizes)
 
 
 # ------------------------------------------------------------- lowering for GPU and TPU

@@ -230,3 +230,85 @@ def test_subpixel_gradients_in_bfloat16_are_as_accurate_as_xla():
 
     for ours, xla in _bf16_gradient_errors(custom, plain, x, kernel):
         assert ours <= 1.05 * xla, (ours, xla)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_floor_fused_pool_matches_xla_relu_then_floor_max_pool(shape):
+    # An odd side drops its last row or column, as PyTorch's default pooling does.
+    x = jax.random.normal(jax.random.key(0), shape).at[0, 0, 0, 0].set(0.0)
+    plain = layers.plain_relu_max_pool_floor
+    out = layers.relu_max_pool_floor(x)
+    assert out.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    np.testing.assert_array_equal(out, plain(x))
+    g = jax.random.normal(jax.random.key(1), out.shape)
+    fused = jax.vjp(layers.relu_max_pool_floor, x)[1](g)[0]
+    np.testing.assert_array_equal(fused, jax.vjp(plain, x)[1](g)[0])
+
+
+@pytest.mark.parametrize(
+    "padding, dtype",
+    [
+        (1, jnp.float32),
+        ("SAME", jnp.bfloat16),
+        ("VALID", jnp.float32),
+        (((2, 0), (1, 3)), jnp.float32),
+    ],
+)
+def test_ordered_grads_conv_equals_flax_conv(padding, dtype):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    options = dict(features=4, kernel_size=(3, 3), padding=padding, dtype=dtype)
+    plain, ordered = nn.Conv(**options), layers.ConvWithOrderedGrads(**options)
+    variables = plain.init(jax.random.key(1), x)
+    # The same parameters from the same initialisers; a random bias, not the zero init.
+    np.testing.assert_array_equal(
+        ordered.init(jax.random.key(1), x)["params"]["kernel"], variables["params"]["kernel"]
+    )
+    variables = {"params": {**variables["params"], "bias": jnp.arange(4.0) - 1.5}}
+    out = ordered.apply(variables, x)
+    np.testing.assert_array_equal(out, plain.apply(variables, x))
+    g = jax.random.normal(jax.random.key(2), out.shape).astype(out.dtype)
+
+    def grads(module):
+        return jax.jit(jax.vjp(module.apply, variables, x)[1])(g)
+
+    for got, want in zip(
+        jax.tree.leaves(grads(ordered)), jax.tree.leaves(grads(plain)), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_ordered_grads_conv_refuses_other_convolutions():
+    x = jnp.zeros((1, 6, 6, 2))
+    for options in (
+        dict(strides=2),
+        dict(use_bias=False),
+        dict(kernel_dilation=2),
+        dict(feature_group_count=2),
+        dict(padding="CIRCULAR"),
+    ):
+        with pytest.raises(ValueError, match="ConvWithOrderedGrads supports"):
+            layers.ConvWithOrderedGrads(2, (3, 3), **options).init(jax.random.key(0), x)
+
+
+def test_ordered_grads_keep_less_alive_than_xlas_schedule():
+    # What the layer is for: in a stack of convolutions, XLA's CPU schedule (with the CPU
+    # flags of fcn_jax.xla_setup, which conftest sets) leaves the plain layers' kernel and
+    # bias gradients for the end and keeps their inputs alive until then.
+    class Stack(nn.Module):
+        conv: type
+
+        @nn.compact
+        def __call__(self, x):
+            for i in range(4):
+                x = nn.relu(self.conv(16, (3, 3), padding=1, name=f"conv{i}")(x))
+            return x
+
+    x = jnp.zeros((1, 32, 32, 4))
+
+    def temporaries(conv):
+        model = Stack(conv)
+        variables = model.init(jax.random.key(0), x)
+        loss = jax.grad(lambda v: model.apply(v, x).sum())
+        return jax.jit(loss).lower(variables).compile().memory_analysis().temp_size_in_bytes
+
+    assert temporaries(layers.ConvWithOrderedGrads) < 0.9 * temporaries(nn.Conv)

@@ -40,7 +40,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.layers import zero_beyond
+from fcn_jax.layers import (
+    ConvWithOrderedGrads,
+    conv_with_matmul_grads,
+    plain_relu_max_pool_floor,
+    relu_max_pool_floor,
+    zero_beyond,
+)
 from fcn_jax.models.common import DROPOUT_RATE, FC_CHANNELS, VGG16_BLOCKS, FCNModel
 
 # Every side is padded to a multiple of this: the output stride of pool5.
@@ -69,11 +75,25 @@ def padded_side(side: int) -> int:
 class SimpleFCN(FCNModel):
     """The course-notes FCN (module docstring), with a 32s, 16s or 8s head chosen by `stride`.
 
-    Its attributes are those of `FCNModel`. Of the speed tricks (`fast`) only `subpixel`
-    applies to this geometry: the deconvolutions as sub-pixel convolutions.
+    Its attributes are those of `FCNModel`. The speed tricks (`fast`) apply as in the
+    reference geometry, but for the frame, which this geometry does not have: fused ReLU and
+    (floor) pooling, matrix-product gradients for conv1_1, fc6 and fc7 (the last two are
+    1x1: plain matrix products), ordered gradients for the other 3x3 convolutions, and the
+    sub-pixel deconvolutions.
     """
 
-    def _conv(self, features: int, size: int, name: str, **kwargs: Any) -> nn.Conv:
+    def _conv(
+        self, features: int, size: int, name: str, matmul_grads: bool = False, **kwargs: Any
+    ) -> nn.Conv:
+        """A 3x3 (padding 1) or 1x1 convolution; `matmul_grads` marks conv1_1, fc6 and fc7."""
+        if matmul_grads:
+            if self.fast.matmul_grads:
+                kwargs["conv_general_dilated"] = conv_with_matmul_grads
+        elif size == 3 and self.fast.ordered_grads:
+            # Not conv1_1: its input gradient is never computed, so nothing would wait.
+            return ConvWithOrderedGrads(
+                features, (3, 3), padding=1, dtype=self.dtype, param_dtype=jnp.float32, name=name
+            )
         return nn.Conv(
             features,
             (size, size),
@@ -88,17 +108,20 @@ class SimpleFCN(FCNModel):
         self, x: jax.Array, extents: jax.Array | None, train: bool
     ) -> dict[str, jax.Array]:
         """VGG16 with padding 1 and 2x2 pooling, then the 1x1 fc6/fc7; pool3, pool4, fc7."""
+        pool = relu_max_pool_floor if self.fast.fused_pool else plain_relu_max_pool_floor
         pools = {}
         for block, num_convs, channels in VGG16_BLOCKS:
             level = extents if extents is None else extents // 2 ** (block - 1)
             for i in range(1, num_convs + 1):
-                if (block, i) != (1, 1):  # conv1_1's input is masked by the caller
+                first = (block, i) == (1, 1)
+                if not first:  # conv1_1's input is masked by the caller
                     x = zero_beyond(x, level)
-                x = nn.relu(self._conv(self.channels(channels), 3, f"conv{block}_{i}")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = self._conv(self.channels(channels), 3, f"conv{block}_{i}", first)(x)
+                # The block's last ReLU is fused into its pooling (relu_max_pool_floor).
+                x = pool(x) if i == num_convs else nn.relu(x)
             pools[block] = x
         for name in FRESH_LAYERS:
-            fc = self._conv(self.channels(FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
+            fc = self._conv(self.channels(FC_CHANNELS), 1, name, True, kernel_init=FC_KERNEL_INIT)
             x = nn.relu(fc(x))
             x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}

@@ -1,0 +1,153 @@
+"""Where a train step's memory goes: XLA's own accounting of the compiled step, per speed trick.
+
+    python -m benchmarks.memory                                   # fcn8s, both geometries, 512x512
+    python -m benchmarks.memory --geometries=simple --sizes=512x512,384x512
+    python -m benchmarks.memory --peak=12                         # and the 12 largest buffers
+
+Compiles (never runs) the library's jitted train step (fcn_jax.steps, with each geometry's
+recipe as in benchmarks/steps.py) for the model's fast paths as 'auto' resolves them here,
+for the plain path ('none'), and for 'auto' without each of its tricks in turn, and prints
+XLA's memory analysis of each: the temporaries (activations, gradients and workspace of one
+step, which is what the tricks change), the arguments (parameters and optimiser state;
+donated, so the outputs reuse them), and their sum. No time is measured (benchmarks/steps.py
+does that).
+
+`--peak=N` also lists the N largest buffers live at the step's peak, each with the operation
+that made it (JAX's name stack), from the buffer live ranges XLA writes when asked to dump
+the compiled module.
+"""
+
+import argparse
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import tempfile
+
+from benchmarks import steps as benchmark_steps
+
+NUM_CLASSES = benchmark_steps.NUM_CLASSES
+
+
+def _compiled_train_step(geometry: str, model_name: str, size: tuple[int, int], fast):
+    """The train step of one model variant, lowered and compiled for this process's CPU."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fcn_jax import steps
+
+    config = benchmark_steps.recipe_config(geometry)
+    config.model, config.model_geometry = model_name, geometry
+    model = steps.create_model(config, NUM_CLASSES).clone(fast=fast)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables["params"])
+    tx = steps.create_train_state(config, {"params": zeros}, jax.random.key(0))[1]
+    state = jax.eval_shape(
+        lambda v: steps.create_train_state(config, v, jax.random.key(0))[0], variables
+    )
+    shape = (1, *size)
+    batch = {
+        "image": jax.ShapeDtypeStruct((*shape, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct(shape, jnp.int32),
+        "size": jax.ShapeDtypeStruct((1, 2), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((1,), jnp.bool_),
+    }
+    step = steps.jit_train_step(config, model, tx, steps.make_mesh())
+    return step.lower(state, batch).compile()
+
+
+def _variants(fast) -> dict[str, object]:
+    """'auto' as resolved here, the plain path, and 'auto' less each trick it turns on."""
+    from fcn_jax import fast_paths
+
+    variants = {"auto": fast, "none": fast_paths.FastPaths()}
+    for name in fast.names():
+        variants[f"auto - {name}"] = dataclasses.replace(fast, **{name: False})
+    return variants
+
+
+def _peak_buffers(dump_dir: str, count: int) -> list[str]:
+    """The `count` largest buffers live at the peak of the dumped train step, with their ops."""
+    (live_ranges,) = glob.glob(os.path.join(dump_dir, "*train_step*live-range.txt"))
+    (hlo,) = glob.glob(os.path.join(dump_dir, "*train_step*cpu_after_optimizations.txt"))
+    with open(hlo) as f:
+        op_names = dict(
+            re.findall(r'^\s*(?:ROOT )?%?([\w.-]+) = .*op_name="([^"]*)"', f.read(), re.M)
+        )
+    with open(live_ranges) as f:
+        text = f.read()
+    peak = text[text.index("(peak):") :]
+    buffers = re.findall(r"^\s+([\w.-]+)\{[\d,]*\}: (\d+) bytes", peak, re.M)
+    rows = []
+    for name, size in sorted(buffers, key=lambda b: -int(b[1]))[:count]:
+        # Parameters and optimiser state carry their tree path as the instruction name.
+        label = op_names.get(name, name).replace("\\'", "'")
+        rows.append(f"  {int(size) / 2**20:8.1f} MiB  {label}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prints the table; `argv` defaults to the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fcn8s", help="comma-separated: fcn32s,fcn16s,fcn8s")
+    parser.add_argument("--sizes", default="512x512", help="comma-separated HxW")
+    parser.add_argument(
+        "--geometries", default="reference,simple", help="comma-separated: reference,simple"
+    )
+    parser.add_argument(
+        "--peak", type=int, default=0, help="list the N largest buffers at the peak of 'auto'"
+    )
+    args = parser.parse_args(argv)
+    cases = []
+    for geometry in args.geometries.split(","):
+        if geometry not in benchmark_steps.GEOMETRIES:
+            parser.error(f"unknown geometry {geometry!r}: use one of reference, simple")
+        for model_name in args.models.split(","):
+            if model_name not in ("fcn32s", "fcn16s", "fcn8s"):
+                parser.error(f"unknown model {model_name!r}: use fcn32s, fcn16s or fcn8s")
+            for size in args.sizes.split(","):
+                try:
+                    cases.append((geometry, model_name, benchmark_steps.parse_size(size)))
+                except ValueError:
+                    parser.error(f"bad size {size!r} in --sizes: use HxW with H, W >= 1")
+    if args.peak < 0:
+        parser.error("--peak must be >= 0")
+
+    from fcn_jax import xla_setup
+
+    dump_dir = tempfile.mkdtemp(prefix="fcn_jax_memory_")
+    if args.peak:  # before the first computation: XLA reads its flags once
+        os.environ["XLA_FLAGS"] = (
+            f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir} "
+            "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"
+        ).strip()
+    xla_setup.add_default_xla_flags()  # main.py's CPU settings
+    from fcn_jax import fast_paths
+
+    auto = fast_paths.resolve("auto")
+    print("| geometry | model | size | fast paths | temporaries | arguments | total |")
+    print("|---|---|---|---|---|---|---|")
+    peaks = []
+    for geometry, model_name, (height, width) in cases:
+        for label, fast in _variants(auto).items():
+            compiled = _compiled_train_step(geometry, model_name, (height, width), fast)
+            memory = compiled.memory_analysis()
+            temp, arguments = memory.temp_size_in_bytes, memory.argument_size_in_bytes
+            print(
+                f"| {geometry} | {model_name} | {height}x{width} | {label} "
+                f"| {temp / 2**30:.3f} GiB | {arguments / 2**30:.3f} GiB "
+                f"| {(temp + arguments) / 2**30:.3f} GiB |",
+                flush=True,
+            )
+            if args.peak and label == "auto":
+                peaks.append(f"\n{geometry} {model_name} {height}x{width}, 'auto', at the peak:")
+                peaks += _peak_buffers(dump_dir, args.peak)
+            shutil.rmtree(dump_dir)  # this case's dump; XLA recreates the folder
+    print("\n".join(peaks))
+    shutil.rmtree(dump_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
