@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fcn_jax import xla_setup
 
-    dump_dir = tempfile.mkdtemp(prefix="fcn_jax_memory_")
+    dump_dir = tempfile.mkdtemp(prefix="fcn_jax_memory_") if args.peak else ""
     if args.peak:  # before the first computation: XLA reads its flags once
         os.environ["XLA_FLAGS"] = (
             f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir} "
@@ -141,12 +141,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {(temp + arguments) / 2**30:.3f} GiB |",
                 flush=True,
             )
-            if args.peak and label == "auto":
-                peaks.append(f"\n{geometry} {model_name} {height}x{width}, 'auto', at the peak:")
-                peaks += _peak_buffers(dump_dir, args.peak)
-            shutil.rmtree(dump_dir)  # this case's dump; XLA recreates the folder
+            if args.peak:
+                if label == "auto":
+                    peaks.append(
+                        f"\n{geometry} {model_name} {height}x{width}, 'auto', at the peak:"
+                    )
+                    peaks += _peak_buffers(dump_dir, args.peak)
+                shutil.rmtree(dump_dir)  # this case's dump; XLA makes the folder again
     print("\n".join(peaks))
-    shutil.rmtree(dump_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,10 @@ def _matmul_grads_bwd(padding, precision, residuals, grad):
     kh, kw, c_in, c_out = kernel.shape
     out_h, out_w = grad.shape[1:3]
     taps = [(i, j) for i in range(kh) for j in range(kw)]
+    # The patches need only the input, so XLA's CPU scheduler may build them long before the
+    # gradient arrives and keep them alive across the step's peak (conv1_1's are 9x its
+    # image). A product with zero ties them to the gradient (as in ConvWithOrderedGrads).
+    x = x + jnp.zeros((), x.dtype) * grad[0, 0, 0, 0].astype(x.dtype)
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
     patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)

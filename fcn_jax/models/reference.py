@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from fcn_jax import frame
 from fcn_jax.layers import (
+    ConvWithOrderedGrads,
     conv_with_matmul_grads,
     crop,
     plain_relu_max_pool_ceil,
@@ -61,6 +62,16 @@ class FCN(FCNModel):
 
     def _conv(self, features: int, size: int, padding: Any, matmul_grads: bool, name: str):
         use_matmul = matmul_grads and self.fast.matmul_grads
+        if size == 3 and not matmul_grads and self.fast.ordered_grads:
+            # Not conv1_1: its input gradient is never computed, so nothing would wait.
+            return ConvWithOrderedGrads(
+                features,
+                (3, 3),
+                padding=padding,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=name,
+            )
         return nn.Conv(
             features,
             (size, size),
