@@ -1,14 +1,17 @@
+import argparse
 import re
 import subprocess
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import flops
+from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
 from configs import default
-from fcn_jax import steps
+from fcn_jax import losses, steps
 from tests.helpers import run_python
 
 
@@ -95,3 +98,59 @@ def test_simple_geometry_eval_step_row():
     assert re.search(
         r"^\| fcn8s \(simple\) \| 32x64 \| eval \| jax \| [0-9.]+ \|", result.stdout, re.M
     )
+
+
+def test_each_geometry_trains_with_its_configs_recipe_on_both_sides():
+    # What the PyTorch worker gets: the recipe of configs/default.py or configs/simple_fcn8s.py.
+    reference, simple = (benchmark_steps.torch_recipe(g) for g in ("reference", "simple"))
+    assert (reference["reduction"], reference["momentum"]) == ("sum", 0.99)
+    assert (simple["reduction"], simple["momentum"], simple["learning_rate"]) == ("mean", 0.9, 1e-3)
+    for recipe in (reference, simple):
+        assert recipe["bias_lr_multiplier"] == 2.0 and recipe["weight_decay"] == 5e-4
+
+
+def test_benchmark_labels_carry_void_pixels():
+    args = argparse.Namespace(batch=2, height=64, width=48)
+    labels = benchmark_steps._inputs(args)[1]
+    void = float((labels == losses.VOID).mean())
+    assert 0.03 < void < 0.07
+    assert set(np.unique(labels[labels != losses.VOID])) <= set(range(benchmark_steps.NUM_CLASSES))
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("--geometries=course", "unknown geometry 'course'"),
+        ("--models=fcn8s_atonce", "unknown model 'fcn8s_atonce'"),
+        ("--sizes=64", "bad size '64'"),
+        ("--peak=-1", "--peak must be >= 0"),
+    ],
+)
+def test_memory_bad_arguments_are_named(argument, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark_memory.main(argument.split())
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_memory_table_and_peak_buffers():
+    result = run_python(
+        "-m",
+        "benchmarks.memory",
+        "--geometries=simple",
+        "--models=fcn32s",
+        "--sizes=32x64",
+        "--peak=3",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(
+        r"^\| simple \| fcn32s \| 32x64 \| ([^|]+) \| ([0-9.]+) GiB \|", result.stdout, re.M
+    )
+    labels = [label.strip() for label, _ in rows]
+    assert labels[:2] == ["auto", "none"] and "auto - ordered_grads" in labels
+    assert "auto - frame" in labels  # 'auto' turns it on; the simple geometry ignores it
+    temporaries = dict((label.strip(), float(temp)) for label, temp in rows)
+    assert temporaries["auto - frame"] == temporaries["auto"]
+    peak = result.stdout.split("at the peak:")[1].strip().splitlines()
+    assert len(peak) == 3 and all(re.match(r"\s*[0-9.]+ MiB  \S", line) for line in peak)
