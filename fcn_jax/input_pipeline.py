@@ -137,9 +137,14 @@ def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> Ev
     return EvalData(name, split, math.ceil(total / eval_batch_size(config)))
 
 
+def dataset_metadata(config: ml_collections.ConfigDict) -> dict:
+    """The training dataset's `info.metadata` (class names, and colours where it has them)."""
+    return dict(_builder(config).info.metadata)
+
+
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
     """The dataset's class names, in label order, from the builder's metadata."""
-    return list(_builder(config).info.metadata["class_names"])
+    return list(dataset_metadata(config)["class_names"])
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
