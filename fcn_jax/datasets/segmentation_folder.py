@@ -151,6 +151,37 @@ def make_builder(
     return SegmentationFolder(config=config_for(path, val_fraction), data_dir=data_dir)
 
 
+def validate_source(manual_dir: str | None, data_dir: str | None, val_fraction: float) -> None:
+    """Checks the config fields that choose a folder; raises ValueError naming the field.
+
+    A folder that is gone passes when its prepared data is in `data_dir` (evaluating or
+    exporting on another machine).
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"config.dataset.val_fraction={val_fraction} must be in [0, 1)")
+    if not manual_dir:
+        raise ValueError(
+            f"config.dataset.manual_dir is not set: {NAME} reads your folder of images and "
+            "masks; pass --config.dataset.manual_dir=PATH (docs/own_data.md)."
+        )
+    path = epath.Path(os.path.expanduser(manual_dir))
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(
+            f"config.dataset.manual_dir={manual_dir} is a file: give the folder that holds "
+            "your images and masks (docs/own_data.md)."
+        )
+    prepared = make_builder(manual_dir, data_dir, val_fraction)
+    if not prepared.is_prepared():
+        raise ValueError(
+            f"config.dataset.manual_dir={manual_dir} does not exist, and no data prepared from "
+            f"it is in {epath.Path(prepared.data_dir).parent.parent.parent} "
+            "(config.dataset.data_dir): give the folder of your images and masks "
+            "(docs/own_data.md)."
+        )
+
+
 def builder(
     path: epath.PathLike,
     data_dir: epath.PathLike | None = None,
