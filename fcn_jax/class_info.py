@@ -2,28 +2,28 @@
 
 Training writes WORKDIR/classes.json when it starts (`record`), so that `--mode=eval`,
 `--mode=predict` and `--mode=export` of that workdir on another machine know the classes,
-and the model's class count, without the dataset (`for_run`). The export carries the same file
-(EXPORT_DIR/classes.json). Its content:
+and the model's class count, without the dataset (`for_run`). Exports and predictions carry
+the same file (EXPORT_DIR/classes.json, OUTPUT_DIR/classes.json). Its content:
 
     {"names": ["background", "cat", ...], "colors": [[0, 0, 0], [128, 0, 0], ...],
      "ignore_label": 255}
 
 `names[i]` and `colors[i]` (RGB, 0-255) belong to label i; `ignore_label` marks void pixels.
+The dataset's classes come from its TFDS metadata (`from_metadata`, read by
+`fcn_jax.input_pipeline.dataset_classes`). This module needs no TensorFlow.
 """
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 
-from fcn_jax import input_pipeline
-from fcn_jax.datasets import voc_palette
 from fcn_jax.losses import VOID
+from fcn_jax.palette import voc_palette
 
 FILE_NAME = "classes.json"
 
@@ -101,11 +101,6 @@ def from_metadata(metadata: Mapping[str, Any]) -> ClassInfo:
     return ClassInfo(tuple(names), tuple(colors), int(metadata.get("ignore_label", VOID)))
 
 
-def from_dataset(config: ml_collections.ConfigDict) -> ClassInfo:
-    """ClassInfo of the training dataset `config.dataset.name` (prepared if need be)."""
-    return from_metadata(input_pipeline.dataset_metadata(config))
-
-
 def save(classes: ClassInfo, directory: str | epath.Path) -> epath.Path:
     """Writes DIRECTORY/classes.json atomically (a whole file or none); returns its path."""
     path = epath.Path(directory) / FILE_NAME
@@ -135,32 +130,35 @@ def load(directory: str | epath.Path) -> ClassInfo | None:
         ) from e
 
 
-def for_run(config: ml_collections.ConfigDict, workdir: str) -> ClassInfo:
-    """The classes of WORKDIR's model: its record if any, else the config's dataset's.
+def for_run(workdir: str, dataset_classes: Callable[[], ClassInfo]) -> ClassInfo:
+    """The classes of WORKDIR's model: its record if any, else `dataset_classes()`.
 
-    Evaluation, prediction and export call this: with a record they need no dataset.
+    Evaluation, prediction and export call this: with a record they need no dataset
+    (`dataset_classes`, e.g. the config's dataset's, is only called without one).
     """
-    return load(workdir) or from_dataset(config)
+    return load(workdir) or dataset_classes()
 
 
-def record(config: ml_collections.ConfigDict, workdir: str) -> ClassInfo:
-    """The dataset's classes, written to WORKDIR/classes.json unless already there.
+def record(workdir: str, classes: ClassInfo) -> ClassInfo:
+    """Writes the dataset's `classes` to WORKDIR/classes.json unless already there.
 
     Training calls this before it starts or resumes; process 0 writes.
 
+    Returns:
+      `classes`.
+
     Raises:
-      ValueError: WORKDIR records other classes than the config's dataset has.
+      ValueError: WORKDIR records other classes.
     """
-    classes, recorded = from_dataset(config), load(workdir)
+    recorded = load(workdir)
     if recorded is None:
         if jax.process_index() == 0:
             save(classes, workdir)
     elif recorded != classes:
         raise ValueError(
             f"{epath.Path(workdir) / FILE_NAME} records the classes of another dataset than "
-            f"config.dataset.name={config.dataset.name!r}: {_difference(recorded, classes)}. "
-            "Train in a new workdir, or point the config at the dataset this workdir was "
-            "trained on."
+            f"the config's: {_difference(recorded, classes)}. Train in a new workdir, or point "
+            "the config at the dataset this workdir was trained on."
         )
     return classes
 

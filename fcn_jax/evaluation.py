@@ -6,6 +6,7 @@ batches, giving a confusion matrix; `report` scores it and writes the scores and
 the log, WORKDIR/eval_results.jsonl (`log_scores`), TensorBoard, WORKDIR/plots/.
 """
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -20,17 +21,14 @@ from etils import epath
 from jax.sharding import Mesh
 
 from fcn_jax import (
-    checkpoint,
     class_info,
-    config_checks,
     input_pipeline,
     metrics,
-    models,
     plots,
     predict,
+    restore,
     steps,
     visualize,
-    weights,
 )
 
 
@@ -198,31 +196,6 @@ def _none_to_nan(value: Any) -> Any:
     return math.nan if value is None else value
 
 
-def load_variables(
-    path: str, model_name: str, config: ml_collections.ConfigDict, num_classes: int
-) -> dict:
-    """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
-    if str(path).endswith((".pth", ".pt", ".tar")):
-        return weights.load_pytorch_fcn(
-            path,
-            model_name,
-            width=config.width,
-            learnable_upsampling=config.learnable_upsampling,
-            geometry=config.model_geometry,
-        )
-    return checkpoint.restore_variables(path)
-
-
-def _trained_variables(
-    config: ml_collections.ConfigDict, workdir: str, weights_path: str | None
-) -> tuple[models.FCN, dict]:
-    """The model and its trained variables: a pytorch-fcn file, else WORKDIR's checkpoint."""
-    config_checks.validate_config(config)
-    model = steps.create_model(config, class_info.for_run(config, workdir).num_classes)
-    path = weights_path or workdir
-    return model, load_variables(path, config.model, config, model.num_classes)
-
-
 def evaluate_model(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -238,8 +211,8 @@ def evaluate_model(
       ValueError: WORKDIR records other classes than the dataset's (`class_info.record`).
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    classes = class_info.record(config, workdir)
-    model, variables = _trained_variables(config, workdir, weights_path)
+    classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
+    model, variables = restore.trained_model(config, weights_path or workdir, classes.num_classes)
     mesh = steps.make_mesh()
     data = input_pipeline.eval_data(config, split)
     confusion, examples = evaluate(
@@ -264,6 +237,6 @@ def predict_images(
 
     The classes are WORKDIR's record (`class_info.for_run`): no dataset is needed.
     """
-    model, variables = _trained_variables(config, workdir, weights_path)
-    classes = class_info.for_run(config, workdir)
+    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
+    model, variables = restore.trained_model(config, weights_path or workdir, classes.num_classes)
     return predict.predict_files(config, model, variables, classes, inputs, output_dir)

@@ -24,6 +24,7 @@ The files are written to a temporary folder next to EXPORT_DIR that is renamed i
 only once all are complete, so a failed export leaves no half-written EXPORT_DIR.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from fcn_jax import class_info, config_checks, evaluation, fast_paths, preprocessing, steps
+from fcn_jax import class_info, input_pipeline, preprocessing, restore
 
 SAVED_MODEL = "saved_model"
 STABLEHLO = "model.stablehlo"
@@ -85,10 +86,9 @@ def export_stablehlo(
 ) -> jax.export.Exported:
     """`images -> serve(variables, images)` for any batch and size up to the canvas."""
     images, _ = _symbolic_images(canvas_size)
-    with fast_paths.lowering_for(*platforms):
-        return jax.export.export(
-            jax.jit(lambda x: serve(variables, x)), platforms=tuple(platforms)
-        )(images)
+    return jax.export.export(jax.jit(lambda x: serve(variables, x)), platforms=tuple(platforms))(
+        images
+    )
 
 
 class _Servable(tf.Module):
@@ -160,7 +160,7 @@ def export(
     """Writes model.stablehlo, saved_model/ and classes.json in EXPORT_DIR (module doc).
 
     Args:
-      model: the FCN.
+      model: the FCN, built for `platforms` (`fcn_jax.models.get_model(..., platform=...)`).
       variables: its trained variables.
       export_dir: the folder to create; it must not exist or be empty, unless `overwrite`.
       canvas_size: (height, width), the largest image size the artifacts serve.
@@ -212,16 +212,14 @@ def _write_artifacts(
     with open(os.path.join(folder, STABLEHLO), "wb") as f:
         f.write(exported.serialize())
     servable = _Servable(serve, variables, canvas_size, platforms)
-    # The SavedModel's functions are traced while saving: for `platforms`, too.
-    with fast_paths.lowering_for(*platforms):
-        tf.saved_model.save(
-            servable,
-            os.path.join(folder, SAVED_MODEL),
-            signatures={
-                "serving_default": servable.serving_default,
-                SIZES_SIGNATURE: servable.with_sizes,
-            },
-        )
+    tf.saved_model.save(
+        servable,
+        os.path.join(folder, SAVED_MODEL),
+        signatures={
+            "serving_default": servable.serving_default,
+            SIZES_SIGNATURE: servable.with_sizes,
+        },
+    )
 
 
 def _check_destination(path: str, overwrite: bool) -> None:
@@ -252,22 +250,25 @@ def export_trained(
     weights_path: str | None,
     export_dir: str,
     overwrite: bool = False,
+    platforms: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Exports the variables of WORKDIR's checkpoint, or of a pytorch-fcn file; see `export`.
 
-    The classes are WORKDIR's record, else the config's dataset's (`class_info.for_run`).
+    The model is built for `platforms` (default: this process's backend), so its speed tricks
+    (`fcn_jax.fast_paths`) are those that suit where the artifacts will run. The classes are
+    WORKDIR's record, else the config's dataset's (`fcn_jax.class_info.for_run`).
 
     Raises:
       ValueError: a bad config field (e.g. an unknown model).
       FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
       FileExistsError: see `export`.
     """
-    config_checks.validate_config(config)
     _check_destination(export_dir, overwrite)
-    classes = class_info.for_run(config, workdir)
-    model = steps.create_model(config, classes.num_classes)
-    path = weights_path or workdir
-    variables = evaluation.load_variables(path, config.model, config, model.num_classes)
+    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
+    platforms = tuple(platforms or (jax.default_backend(),))
+    model, variables = restore.trained_model(
+        config, weights_path or workdir, classes.num_classes, platforms
+    )
     return export(
         model,
         variables,
@@ -275,5 +276,6 @@ def export_trained(
         tuple(config.dataset.canvas_size),
         config.dataset.preprocessing,
         overwrite=overwrite,
+        platforms=platforms,
         classes=classes,
     )
