@@ -209,8 +209,9 @@ def evaluate_model(
 
     Raises:
       ValueError: WORKDIR records other classes than the dataset's (`class_info.record`).
+      FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
     """
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    restore.check_source(weights_path or workdir)  # before the workdir gets a record
     classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
     model, variables = restore.trained_model(config, weights_path or workdir, classes.num_classes)
     mesh = steps.make_mesh()

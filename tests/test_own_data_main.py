@@ -2,8 +2,9 @@
 
 Train (configs/custom.py shrunk to a width-1/32 model, a 96-pixel canvas and 4 steps from
 random weights), then, each in a fresh process with the folder moved away, `--mode=eval`
-(on the data prepared from it), `--mode=predict` and `--mode=export`: the class names and
-colours of the folder reach eval_results.jsonl, the plots, the predictions and the export.
+(on the data prepared from it), `--mode=predict` and `--mode=export` (without the prepared
+data either): the class names and colours of the folder reach eval_results.jsonl, the plots,
+the predictions and the export.
 """
 
 import concurrent.futures
@@ -89,18 +90,17 @@ def test_main_trains_then_evaluates_predicts_and_exports_without_the_folder(layo
 
     shutil.move(folder, tmp_path / "moved")
     out, export_dir = tmp_path / "predicted", tmp_path / "export"
+    # Predict and export need neither the folder nor the data prepared from it.
+    no_data = _flags(folder, tmp_path / "no_tfds", workdir)
+    commands = [
+        [*flags, "--mode=eval"],
+        [*no_data, "--mode=predict", f"--inputs={photos}", f"--output_dir={out}"],
+        [*no_data, "--mode=export", f"--export_dir={export_dir}"],
+    ]
     # Three fresh processes at once: they read the workdir and write apart.
     with concurrent.futures.ThreadPoolExecutor() as pool:
-        list(
-            pool.map(
-                lambda mode_flags: _main(*flags, *mode_flags),
-                [
-                    ["--mode=eval"],
-                    ["--mode=predict", f"--inputs={photos}", f"--output_dir={out}"],
-                    ["--mode=export", f"--export_dir={export_dir}"],
-                ],
-            )
-        )
+        list(pool.map(lambda command: _main(*command), commands))
+    assert not (tmp_path / "no_tfds").exists()
     records = [
         json.loads(line) for line in (workdir / "eval_results.jsonl").read_text().splitlines()
     ]
