@@ -107,7 +107,7 @@ def report(
         tag, title = (f"step_{step:07d}", f"step {step}") if step >= 0 else (f"eval_{split}", split)
         pictures = _write_pictures(tag, title, confusion, scores, classes, examples, workdir)
         if writer is not None:
-            writer.write_images(max(step, 0), {f"eval/{k}": v for k, v in pictures.items()})
+            writer.write_images(step, {f"eval/{k}": v for k, v in pictures.items()})
     return scores
 
 
