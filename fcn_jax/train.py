@@ -307,7 +307,7 @@ class Trainer:
                     stop = self._next_sync_step(step)
                     with jax.transfer_guard("disallow"):
                         for k in range(step + 1, stop + 1):
-                            self._advance(next(batches))
+                            self.advance(next(batches))
                             report(k)
                     step = stop
                     scores = self._sync(step, sigterm) or scores
@@ -321,7 +321,7 @@ class Trainer:
         intervals = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
         return min(config.num_train_steps, *(step - step % n + n for n in intervals))
 
-    def _advance(self, batch: dict) -> None:
+    def advance(self, batch: dict) -> None:
         """One train step on a global batch; nothing is copied to the host."""
         self.state, out = self.train_fn(self.state, batch)
         self.health = _update_health(self.health, out["loss"], self.state.step)
