@@ -278,3 +278,21 @@ def test_exif_rotated_jpeg_lines_up_with_its_mask(tmp_path):
     Image.fromarray(np.rot90(mask, 1).copy()).save(folder / "masks" / "c.png")
     with pytest.raises(ValueError, match=r"c\.png.*EXIF orientation"):
         _build(folder, tmp_path / "other_data", 0.5)
+
+
+def test_custom_config_starts():
+    assert custom.get_config().init.kind == "vgg16"
+    scratch = custom.get_config("scratch")
+    assert scratch.init.kind == "random" and scratch.optimizer.name == "adam"
+    assert scratch.dataset.name == "segmentation_folder" and scratch.model_geometry == "simple"
+    with pytest.raises(ValueError, match="custom.py:imagenet"):
+        custom.get_config("imagenet")
+
+
+def test_writer_command_line(tmp_path, capsys):
+    writer.main(["--layout=labelme", "--count=2", str(tmp_path / "out")])
+    assert "wrote 2 labelme examples" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "SegmentationClassPNG").iterdir()) == [
+        "shape_0000.png",
+        "shape_0001.png",
+    ]

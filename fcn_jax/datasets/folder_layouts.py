@@ -604,9 +604,9 @@ def _check_examples(root: epath.Path, layout: _Layout) -> list[int] | None:
     problems, largest, palette = [], 0, None
     seen = set()
     for example in (e for examples in layout.groups.values() for e in examples):
-        if example.key in seen:
+        if id(example) in seen:  # listed twice (in train and trainval, say)
             continue
-        seen.add(example.key)
+        seen.add(id(example))
         try:
             size = images.displayed_size(example.image)
             mask = example.read_mask()
