@@ -9,7 +9,7 @@ forward of that layer.
 fcn-jax executes: blocks 1-3 on the maps of `fcn_jax.frame`, without most of the constant
 frame.
 
-`geometry="simple"` counts the course-notes geometry (fcn_jax/simple_models.py): every map is
+`geometry="simple"` counts the course-notes geometry (fcn_jax/models/simple.py): every map is
 the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed` does not
 apply to it.
 """
@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from fcn_jax import frame, models, simple_models
+from fcn_jax import frame, models
+from fcn_jax.models import reference, simple
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -31,7 +32,10 @@ def _deconv(in_h: int, in_w: int, c: int, k: int) -> int:
 
 def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, int]]:
     """The map size each VGG block's convolutions run on."""
-    full_h, full_w = height + 2 * models.CONV1_1_PADDING - 2, width + 2 * models.CONV1_1_PADDING - 2
+    full_h, full_w = (
+        height + 2 * reference.CONV1_1_PADDING - 2,
+        width + 2 * reference.CONV1_1_PADDING - 2,
+    )
     sizes = {}
     for block, _, _ in models.VGG16_BLOCKS:
         sizes[block] = (full_h, full_w)
@@ -40,12 +44,12 @@ def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, 
         plan = frame.FramePlan.for_image(
             height,
             width,
-            models.CONV1_1_PADDING,
-            tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS]),
+            reference.CONV1_1_PADDING,
+            tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS]),
         )
         pad_h, pad_w = plan.rows.conv1_1_padding, plan.cols.conv1_1_padding
         sizes[1] = (height + 2 * pad_h - 2, width + 2 * pad_w - 2)
-        for block in range(2, models.FRAMED_BLOCKS + 1):
+        for block in range(2, reference.FRAMED_BLOCKS + 1):
             rows, cols = plan.rows.after_pool[block - 1][1], plan.cols.after_pool[block - 1][1]
             sizes[block] = (rows.size, cols.size)
     return sizes
@@ -53,7 +57,7 @@ def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, 
 
 def simple_layer_flops(name: str, height: int, width: int, num_classes: int = 21) -> dict[str, int]:
     """Forward FLOPs of each layer of the simple-geometry model `name` (no at-once)."""
-    h, w = simple_models.padded_side(height), simple_models.padded_side(width)
+    h, w = simple.padded_side(height), simple.padded_side(width)
     flops, c_in, pools = {}, 3, {}
     for block, num_convs, channels in models.VGG16_BLOCKS:
         for i in range(1, num_convs + 1):

@@ -1,7 +1,7 @@
 """PyTorch implementation of the course-notes ("simple") FCN-32s/16s/8s, for parity tests.
 
 Written from the description in issue #14 (docs/reference.md describes the reference geometry
-it simplifies), independently of fcn_jax/simple_models.py:
+it simplifies), independently of fcn_jax/models/simple.py:
 
 * VGG16 convolutions with padding 1, plain 2x2 max pooling;
 * fc6 / fc7 as 1x1 convolutions (512 -> 4096 -> 4096), each with ReLU and dropout;
