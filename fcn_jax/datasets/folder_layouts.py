@@ -13,7 +13,7 @@ Layouts (docs/own_data.md shows each folder tree):
 * `voc` (CVAT "Segmentation mask 1.1" and VOC's own): `JPEGImages/`, `SegmentationClass/`,
   `ImageSets/Segmentation/<split>.txt`. Masks hold class indices (palette or greyscale PNG),
   or RGB colours mapped through CVAT's `labelmap.txt` (`name:r,g,b:parts:actions`, `#`
-  comments, line order = class order).
+  comments, line order = class order); without a labelmap, names from `classes.txt` as above.
 * `labelme` (`labelme2voc.py` output): `JPEGImages/`, `SegmentationClassPNG/` (palette
   indices, 255 = `__ignore__`), `class_names.txt` (`_background_` first).
 * `coco`: COCO instance JSON as CVAT writes it (`annotations/instances_<split>.json`, images
@@ -121,7 +121,7 @@ def read_folder(path: epath.PathLike, val_fraction: float) -> Source:
         raise FileNotFoundError(f"Dataset folder {root} does not exist.")
     layout = _detect(root)
     palette = _check_examples(root, layout)
-    names = layout.class_names or _numbered_names(layout)
+    names = layout.class_names or [f"class_{i}" for i in range(layout.num_values)]
     colors = layout.class_colors or _palette_colors(palette, len(names))
     splits = _assign_splits(root, layout.groups, val_fraction)
     logging.info(
@@ -247,7 +247,7 @@ def _paired(
 
 
 def _plain_layout(root: epath.Path) -> _Layout:
-    lists = _split_lists(root, _top_level_lists(root))
+    lists = _split_lists(_top_level_lists(root))
     names = _read_names(root / "classes.txt")
     return _Layout(
         "plain",
@@ -267,7 +267,7 @@ def _top_level_lists(root: epath.Path) -> list[epath.Path]:
 
 
 def _voc_layout(root: epath.Path) -> _Layout:
-    lists = _split_lists(root, sorted((root / "ImageSets" / "Segmentation").glob("*.txt")))
+    lists = _split_lists(sorted((root / "ImageSets" / "Segmentation").glob("*.txt")))
     labelmap = root / "labelmap.txt"
     if labelmap.is_file():
         names, colors = _read_labelmap(labelmap)
@@ -299,7 +299,7 @@ def _grouped(
     return {name: [by_key[k] for k in keys] for name, keys in lists.items()}
 
 
-def _split_lists(root: epath.Path, files: Sequence[epath.Path]) -> dict[str, list[str]] | None:
+def _split_lists(files: Sequence[epath.Path]) -> dict[str, list[str]] | None:
     """Each list file's names (one per line, blank lines skipped); None when there are none."""
     if not files:
         return None
@@ -350,11 +350,6 @@ def _read_labelmap(path: epath.Path) -> tuple[list[str], list[list[int]]]:
     if not names:
         raise ValueError(f"{path} lists no classes.")
     return names, colors
-
-
-def _numbered_names(layout: _Layout) -> list[str]:
-    """`class_0` ... `class_{K-1}`, K from the largest value of the checked masks."""
-    return [f"class_{i}" for i in range(layout.num_values)]
 
 
 def _palette_colors(palette: list[int] | None, num_classes: int) -> list[list[int]] | None:
