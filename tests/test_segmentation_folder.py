@@ -212,15 +212,15 @@ def test_colour_missing_from_the_labelmap(tmp_path):
     _assert_nothing_prepared(data_dir)
 
 
-def _coco(tmp_path: Path) -> tuple[Path, dict]:
+def _coco(tmp_path: Path) -> tuple[Path, dict, dict[str, np.ndarray]]:
     folder = tmp_path / "coco"
-    writer.write("coco_cvat", folder, COUNT)
+    expected = writer.write("coco_cvat", folder, COUNT)
     path = folder / "annotations" / "instances_default.json"
-    return path, json.loads(path.read_text())
+    return path, json.loads(path.read_text()), expected
 
 
 def test_coco_annotation_with_unknown_image_or_category(tmp_path):
-    path, document = _coco(tmp_path)
+    path, document, _ = _coco(tmp_path)
     document["annotations"][0]["image_id"] = 999
     document["annotations"][1]["category_id"] = 77
     path.write_text(json.dumps(document))
@@ -234,7 +234,7 @@ def test_coco_annotation_with_unknown_image_or_category(tmp_path):
 
 
 def test_coco_polygon_outside_the_image_is_clipped(tmp_path):
-    path, document = _coco(tmp_path)
+    path, document, expected = _coco(tmp_path)
     entry = document["images"][0]
     height, width = entry["height"], entry["width"]
     # A box from outside the top-left corner to (10, 6), painted over everything before it.
@@ -249,10 +249,42 @@ def test_coco_polygon_outside_the_image_is_clipped(tmp_path):
         for s in _read(_build(path.parent.parent, tmp_path / "data")).values()
         for n, ex in s.items()
     }
-    mask = got[entry["file_name"].rsplit(".", 1)[0]]["segmentation_mask"][..., 0]
-    assert mask.shape == (height, width)
-    assert (mask[:6, :10] == 2).all()
-    assert not (mask[6:, :10] == 2).all() or not (mask[:6, 10:] == 2).all()
+    name = entry["file_name"].rsplit(".", 1)[0]
+    want = expected[name].copy()
+    want[:6, :10] = 2  # the part inside the image, over what was there
+    assert want.shape == (height, width)
+    np.testing.assert_array_equal(got[name]["segmentation_mask"][..., 0], want)
+
+
+def test_coco_images_missing_or_not_listed(tmp_path):
+    path, document, _ = _coco(tmp_path)
+    images = path.parent.parent / "images" / "default"
+    (images / "shape_0002.jpg").unlink()
+    shutil.copy(images / "shape_0003.jpg", images / "extra.jpg")
+    with pytest.raises(ValueError) as info:
+        _build(path.parent.parent, tmp_path / "data")
+    assert "shape_0002.jpg" in str(info.value) and "extra.jpg" in str(info.value)
+    _assert_nothing_prepared(tmp_path / "data")
+
+
+def test_split_lists_become_the_splits(tmp_path):
+    folder = tmp_path / "cvat"
+    expected = writer.write("cvat", folder, COUNT)
+    lists = folder / "ImageSets" / "Segmentation"
+    (lists / "default.txt").unlink()
+    names = sorted(expected)
+    (lists / "Train.txt").write_text("\n".join(names[:5]) + "\n")  # CVAT keeps subset names
+    (lists / "Validation.txt").write_text("\n".join(names[5:7]) + "\n")
+    (lists / "test.txt").write_text(names[7] + "\n")
+    splits = _read(_build(folder, tmp_path / "data"))
+    assert {s: sorted(ex) for s, ex in splits.items()} == {
+        "train": names[:5],
+        "validation": names[5:7],
+        "test": names[7:],
+    }
+    (lists / "extra.txt").write_text(names[0] + "\n")
+    with pytest.raises(ValueError, match="name them train, val"):
+        _build(folder, tmp_path / "data")
 
 
 def _exif_jpeg(path: Path, shown: np.ndarray) -> None:
