@@ -332,3 +332,29 @@ def test_writer_command_line(tmp_path, capsys):
         "shape_0000.png",
         "shape_0001.png",
     ]
+
+
+def test_voc_layout_with_palette_masks_and_no_labelmap(tmp_path):
+    folder = tmp_path / "voc"
+    expected = writer.write("cvat", folder, COUNT)
+    (folder / "labelmap.txt").unlink()
+    palette = voc_palette()
+    for name, mask in expected.items():  # VOC's own masks: class indices with its palette
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(palette.ravel().tolist())
+        png.save(folder / "SegmentationClass" / f"{name}.png")
+    builder = _build(folder, tmp_path / "data")
+    got = {n: ex for s in _read(builder).values() for n, ex in s.items()}
+    for name, mask in expected.items():
+        np.testing.assert_array_equal(got[name]["segmentation_mask"][..., 0], mask)
+    assert builder.info.metadata["class_names"] == [f"class_{i}" for i in range(5)]
+    assert builder.info.metadata["class_colors"] == palette[:5].tolist()
+
+
+def test_cvat_export_without_images(tmp_path):
+    folder = tmp_path / "cvat"
+    writer.write("cvat", folder, COUNT)
+    shutil.rmtree(folder / "JPEGImages")
+    with pytest.raises(FileNotFoundError, match="JPEGImages does not exist.*'Save images'"):
+        _build(folder, tmp_path / "data")
+    _assert_nothing_prepared(tmp_path / "data")
