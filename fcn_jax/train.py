@@ -36,6 +36,7 @@ from fcn_jax import (
     visualize,
     weights,
 )
+from fcn_jax.datasets import segmentation_folder
 from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- state
@@ -176,7 +177,7 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
     stream and keeps its own slice of each batch (`fcn_jax.input_pipeline`).
     """
     data = config.dataset
-    return {
+    stream = {
         "batch_size": config.batch_size,
         "seed": config.seed,
         "dataset.name": data.name,
@@ -185,6 +186,11 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
         "dataset.canvas_size": list(data.canvas_size),
         "process_count": jax.process_count(),
     }
+    if data.name == segmentation_folder.NAME:
+        # Which folder, and which of its images are held out for validation.
+        stream["dataset.manual_dir"] = data.manual_dir
+        stream["dataset.val_fraction"] = data.val_fraction
+    return stream
 
 
 def check_data_stream(recorded: dict, config: ml_collections.ConfigDict, workdir: str) -> None:

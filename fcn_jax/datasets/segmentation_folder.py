@@ -23,12 +23,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fcn_jax.datasets import folder_layouts, images
+from fcn_jax.datasets import features, folder_layouts, images
 from fcn_jax.losses import VOID
 
 NAME = "segmentation_folder"
@@ -53,15 +52,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         """Returns the features; the metadata is filled in when the folder is read."""
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                    "segmentation_mask": tfds.features.Tensor(
-                        shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
+            features=features.segmentation_features(),
             supervised_keys=("image", "segmentation_mask"),
             metadata=tfds.core.MetadataDict(),
         )
