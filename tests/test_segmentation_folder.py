@@ -139,13 +139,17 @@ def test_custom_config_trains_from_the_folder(tmp_path):
     )
     batch = next(input_pipeline.create_train_iterator(config))
     assert batch["image"].shape == (4, 96, 96, 3) and batch["label"].max() <= 255
-    for manual_dir, message in ((None, "is not set"), (str(tmp_path / "no"), "does not exist")):
-        config.dataset.manual_dir = manual_dir
-        with pytest.raises(ValueError, match=rf"config\.dataset\.manual_dir.*{message}"):
-            input_pipeline.class_names(config)  # the first use of the data checks the folder
+    # The fields are checked without TensorFlow; the folder when the dataset is opened.
+    config.dataset.manual_dir = None
+    with pytest.raises(ValueError, match=r"config\.dataset\.manual_dir is not set"):
+        config_checks.validate_config(config)
     config.dataset.manual_dir = str(tmp_path / "cvat")
     config.dataset.val_fraction = 1.0
     with pytest.raises(ValueError, match=r"config\.dataset\.val_fraction=1\.0"):
+        config_checks.validate_config(config)
+    config.dataset.val_fraction = VAL_FRACTION
+    config.dataset.manual_dir = str(tmp_path / "no")
+    with pytest.raises(ValueError, match=r"config\.dataset\.manual_dir=.*no does not exist"):
         input_pipeline.class_names(config)
 
 
@@ -208,15 +212,15 @@ def test_colour_missing_from_the_labelmap(tmp_path):
     _assert_nothing_prepared(data_dir)
 
 
-def _coco(tmp_path: Path) -> tuple[Path, dict]:
+def _coco(tmp_path: Path) -> tuple[Path, dict, dict[str, np.ndarray]]:
     folder = tmp_path / "coco"
-    writer.write("coco_cvat", folder, COUNT)
+    expected = writer.write("coco_cvat", folder, COUNT)
     path = folder / "annotations" / "instances_default.json"
-    return path, json.loads(path.read_text())
+    return path, json.loads(path.read_text()), expected
 
 
 def test_coco_annotation_with_unknown_image_or_category(tmp_path):
-    path, document = _coco(tmp_path)
+    path, document, _ = _coco(tmp_path)
     document["annotations"][0]["image_id"] = 999
     document["annotations"][1]["category_id"] = 77
     path.write_text(json.dumps(document))
@@ -230,7 +234,7 @@ def test_coco_annotation_with_unknown_image_or_category(tmp_path):
 
 
 def test_coco_polygon_outside_the_image_is_clipped(tmp_path):
-    path, document = _coco(tmp_path)
+    path, document, expected = _coco(tmp_path)
     entry = document["images"][0]
     height, width = entry["height"], entry["width"]
     # A box from outside the top-left corner to (10, 6), painted over everything before it.
@@ -245,10 +249,42 @@ def test_coco_polygon_outside_the_image_is_clipped(tmp_path):
         for s in _read(_build(path.parent.parent, tmp_path / "data")).values()
         for n, ex in s.items()
     }
-    mask = got[entry["file_name"].rsplit(".", 1)[0]]["segmentation_mask"][..., 0]
-    assert mask.shape == (height, width)
-    assert (mask[:6, :10] == 2).all()
-    assert not (mask[6:, :10] == 2).all() or not (mask[:6, 10:] == 2).all()
+    name = entry["file_name"].rsplit(".", 1)[0]
+    want = expected[name].copy()
+    want[:6, :10] = 2  # the part inside the image, over what was there
+    assert want.shape == (height, width)
+    np.testing.assert_array_equal(got[name]["segmentation_mask"][..., 0], want)
+
+
+def test_coco_images_missing_or_not_listed(tmp_path):
+    path, document, _ = _coco(tmp_path)
+    images = path.parent.parent / "images" / "default"
+    (images / "shape_0002.jpg").unlink()
+    shutil.copy(images / "shape_0003.jpg", images / "extra.jpg")
+    with pytest.raises(ValueError) as info:
+        _build(path.parent.parent, tmp_path / "data")
+    assert "shape_0002.jpg" in str(info.value) and "extra.jpg" in str(info.value)
+    _assert_nothing_prepared(tmp_path / "data")
+
+
+def test_split_lists_become_the_splits(tmp_path):
+    folder = tmp_path / "cvat"
+    expected = writer.write("cvat", folder, COUNT)
+    lists = folder / "ImageSets" / "Segmentation"
+    (lists / "default.txt").unlink()
+    names = sorted(expected)
+    (lists / "Train.txt").write_text("\n".join(names[:5]) + "\n")  # CVAT keeps subset names
+    (lists / "Validation.txt").write_text("\n".join(names[5:7]) + "\n")
+    (lists / "test.txt").write_text(names[7] + "\n")
+    splits = _read(_build(folder, tmp_path / "data"))
+    assert {s: sorted(ex) for s, ex in splits.items()} == {
+        "train": names[:5],
+        "validation": names[5:7],
+        "test": names[7:],
+    }
+    (lists / "extra.txt").write_text(names[0] + "\n")
+    with pytest.raises(ValueError, match="name them train, val"):
+        _build(folder, tmp_path / "data")
 
 
 def _exif_jpeg(path: Path, shown: np.ndarray) -> None:
@@ -278,3 +314,47 @@ def test_exif_rotated_jpeg_lines_up_with_its_mask(tmp_path):
     Image.fromarray(np.rot90(mask, 1).copy()).save(folder / "masks" / "c.png")
     with pytest.raises(ValueError, match=r"c\.png.*EXIF orientation"):
         _build(folder, tmp_path / "other_data", 0.5)
+
+
+def test_custom_config_starts():
+    assert custom.get_config().init.kind == "vgg16"
+    scratch = custom.get_config("scratch")
+    assert scratch.init.kind == "random" and scratch.optimizer.name == "adam"
+    assert scratch.dataset.name == "segmentation_folder" and scratch.model_geometry == "simple"
+    with pytest.raises(ValueError, match="custom.py:imagenet"):
+        custom.get_config("imagenet")
+
+
+def test_writer_command_line(tmp_path, capsys):
+    writer.main(["--layout=labelme", "--count=2", str(tmp_path / "out")])
+    assert "wrote 2 labelme examples" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "SegmentationClassPNG").iterdir()) == [
+        "shape_0000.png",
+        "shape_0001.png",
+    ]
+
+
+def test_voc_layout_with_palette_masks_and_no_labelmap(tmp_path):
+    folder = tmp_path / "voc"
+    expected = writer.write("cvat", folder, COUNT)
+    (folder / "labelmap.txt").unlink()
+    palette = voc_palette()
+    for name, mask in expected.items():  # VOC's own masks: class indices with its palette
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(palette.ravel().tolist())
+        png.save(folder / "SegmentationClass" / f"{name}.png")
+    builder = _build(folder, tmp_path / "data")
+    got = {n: ex for s in _read(builder).values() for n, ex in s.items()}
+    for name, mask in expected.items():
+        np.testing.assert_array_equal(got[name]["segmentation_mask"][..., 0], mask)
+    assert builder.info.metadata["class_names"] == [f"class_{i}" for i in range(5)]
+    assert builder.info.metadata["class_colors"] == palette[:5].tolist()
+
+
+def test_cvat_export_without_images(tmp_path):
+    folder = tmp_path / "cvat"
+    writer.write("cvat", folder, COUNT)
+    shutil.rmtree(folder / "JPEGImages")
+    with pytest.raises(FileNotFoundError, match="JPEGImages does not exist.*'Save images'"):
+        _build(folder, tmp_path / "data")
+    _assert_nothing_prepared(tmp_path / "data")

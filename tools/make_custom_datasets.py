@@ -1,6 +1,6 @@
 """Writes the synthetic shapes as a user's folder, in the layout an annotation tool exports.
 
-    python -m tools.make_custom_datasets --layout=cvat --count=60 /tmp/shapes_cvat
+    python tools/make_custom_datasets.py --layout=cvat --count=60 /tmp/shapes_cvat
 
 Layouts (docs/own_data.md shows the trees), each written the way its tool writes it:
 
@@ -29,8 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_jax.datasets import synthetic_shapes, voc_palette
-from fcn_jax.losses import VOID
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere
+from fcn_jax.datasets import synthetic_shapes, voc_palette  # noqa: E402
+from fcn_jax.losses import VOID  # noqa: E402
 
 LAYOUTS = ("plain", "cvat", "labelme", "coco_cvat", "coco_roboflow")
 CLASS_NAMES = list(synthetic_shapes.CLASS_NAMES)

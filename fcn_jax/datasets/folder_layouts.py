@@ -13,14 +13,14 @@ Layouts (docs/own_data.md shows each folder tree):
 * `voc` (CVAT "Segmentation mask 1.1" and VOC's own): `JPEGImages/`, `SegmentationClass/`,
   `ImageSets/Segmentation/<split>.txt`. Masks hold class indices (palette or greyscale PNG),
   or RGB colours mapped through CVAT's `labelmap.txt` (`name:r,g,b:parts:actions`, `#`
-  comments, line order = class order).
+  comments, line order = class order); without a labelmap, names from `classes.txt` as above.
 * `labelme` (`labelme2voc.py` output): `JPEGImages/`, `SegmentationClassPNG/` (palette
   indices, 255 = `__ignore__`), `class_names.txt` (`_background_` first).
 * `coco`: COCO instance JSON as CVAT writes it (`annotations/instances_<split>.json`, images
   in `images/<split>/` or `images/`) or as Roboflow does (`<split>/_annotations.coco.json`
   beside the images). Unlabelled pixels are class 0 `background`, categories in ascending id
   order are classes 1..K, annotations are painted in the JSON's order (a later one over an
-  earlier one); polygons reaching outside the image are clipped to it.
+  earlier one); polygons reaching outside the image are clipped to it (`coco_folder`).
 
 Splits: lists (or COCO files) named train, val/valid/validation and test become those splits.
 With a single list, or none, a fraction `val_fraction` of the examples is held out for
@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -39,12 +38,11 @@ import numpy as np
 from absl import logging
 from etils import epath
 from PIL import Image
-from pycocotools import mask as coco_mask
 
-from fcn_jax.datasets import images
+from fcn_jax.datasets import coco_folder, images
+from fcn_jax.datasets.folder_examples import IMAGE_SUFFIXES, Example, Layout, shown
 from fcn_jax.losses import VOID
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -56,28 +54,6 @@ SPLIT_NAMES = {
 }
 # VOC's devkit lists train + val again as trainval: it adds nothing when both are there.
 _UNION_LISTS = ("trainval",)
-_SHOWN = 20  # problems listed in one error before "... and N more"
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One image and how to read its mask.
-
-    Attributes:
-      key: The example's name within the folder (the image's path without its suffix); the
-        validation holdout hashes it.
-      image: The image file.
-      mask_name: What an error about the mask names (a file, or a JSON file and image).
-      read_mask: Returns the mask, uint8 (H, W) of class indices and 255; raises ValueError
-        naming the file when it cannot.
-      mask_file: The mask's PNG file; None when the mask is painted from annotations.
-    """
-
-    key: str
-    image: epath.Path
-    mask_name: str
-    read_mask: Callable[[], np.ndarray]
-    mask_file: epath.Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +64,6 @@ class Source:
     class_names: list[str]
     class_colors: list[list[int]] | None
     splits: dict[str, list[Example]]
-
-
-@dataclasses.dataclass
-class _Layout:
-    """A layout's reading before the checks: `class_names` None means from the masks."""
-
-    name: str
-    class_names: list[str] | None
-    class_colors: list[list[int]] | None
-    # Group (list or JSON file) name -> examples; a single None key when there are no lists.
-    groups: dict[str | None, list[Example]]
-    num_values: int = 0  # 1 + the largest class value of the masks, set by the checks
 
 
 def read_folder(path: epath.PathLike, val_fraction: float) -> Source:
@@ -121,7 +85,7 @@ def read_folder(path: epath.PathLike, val_fraction: float) -> Source:
         raise FileNotFoundError(f"Dataset folder {root} does not exist.")
     layout = _detect(root)
     palette = _check_examples(root, layout)
-    names = layout.class_names or _numbered_names(layout)
+    names = layout.class_names or [f"class_{i}" for i in range(layout.num_values)]
     colors = layout.class_colors or _palette_colors(palette, len(names))
     splits = _assign_splits(root, layout.groups, val_fraction)
     logging.info(
@@ -151,14 +115,14 @@ A dataset folder holds one of these layouts (docs/own_data.md):
   <split>/_annotations.coco.json beside the images        COCO from Roboflow"""
 
 
-def _detect(root: epath.Path) -> _Layout:
+def _detect(root: epath.Path) -> Layout:
     """Reads the folder with the layout its contents name."""
     cvat_coco = sorted((root / "annotations").glob("instances_*.json"))
     roboflow = sorted(root.glob("*/_annotations.coco.json")) + sorted(
         root.glob("_annotations.coco.json")
     )
     if cvat_coco or roboflow:
-        return _coco_layout(root, cvat_coco, roboflow)
+        return coco_folder.read_coco(root, cvat_coco, roboflow)
     if (root / "SegmentationClassPNG").is_dir():
         return _labelme_layout(root)
     if (root / "SegmentationClass").is_dir():
@@ -183,7 +147,7 @@ def _files_by_key(folder: epath.Path, suffixes: Sequence[str]) -> dict[str, epat
     if clashes:
         raise ValueError(
             f"{len(clashes)} name(s) in {folder} belong to several files, so which one is "
-            "meant is unclear: rename or remove one of each:\n  " + _shown(clashes)
+            "meant is unclear: rename or remove one of each:\n  " + shown(clashes)
         )
     return {key: files[0] for key, files in found.items()}
 
@@ -225,12 +189,12 @@ def _paired(
     if no_mask:
         problems.append(
             f"{len(no_mask)} image(s) without a mask in {masks_dir} (annotate them, or remove "
-            "them and their lines in the split lists):\n  " + _shown(no_mask)
+            "them and their lines in the split lists):\n  " + shown(no_mask)
         )
     if no_image:
         problems.append(
             f"{len(no_image)} mask(s) or listed name(s) without an image in {images_dir} "
-            "(.jpg, .jpeg or .png):\n  " + _shown(no_image)
+            "(.jpg, .jpeg or .png):\n  " + shown(no_image)
         )
     if problems:
         raise ValueError("\n".join(problems))
@@ -246,10 +210,10 @@ def _paired(
     ]
 
 
-def _plain_layout(root: epath.Path) -> _Layout:
-    lists = _split_lists(root, _top_level_lists(root))
+def _plain_layout(root: epath.Path) -> Layout:
+    lists = _split_lists(_top_level_lists(root))
     names = _read_names(root / "classes.txt")
-    return _Layout(
+    return Layout(
         "plain",
         names,
         None,
@@ -266,8 +230,8 @@ def _top_level_lists(root: epath.Path) -> list[epath.Path]:
     ]
 
 
-def _voc_layout(root: epath.Path) -> _Layout:
-    lists = _split_lists(root, sorted((root / "ImageSets" / "Segmentation").glob("*.txt")))
+def _voc_layout(root: epath.Path) -> Layout:
+    lists = _split_lists(sorted((root / "ImageSets" / "Segmentation").glob("*.txt")))
     labelmap = root / "labelmap.txt"
     if labelmap.is_file():
         names, colors = _read_labelmap(labelmap)
@@ -276,13 +240,13 @@ def _voc_layout(root: epath.Path) -> _Layout:
         names, colors = _read_names(root / "classes.txt"), None
         read_mask = functools.partial(_voc_mask, colors=None)
     groups = _grouped(root / "JPEGImages", root / "SegmentationClass", read_mask, lists)
-    return _Layout("voc", names, colors, groups)
+    return Layout("voc", names, colors, groups)
 
 
-def _labelme_layout(root: epath.Path) -> _Layout:
+def _labelme_layout(root: epath.Path) -> Layout:
     names = _read_names(root / "class_names.txt")
     groups = {None: _paired(root / "JPEGImages", root / "SegmentationClassPNG", _index_mask)}
-    return _Layout("labelme", names, None, groups)
+    return Layout("labelme", names, None, groups)
 
 
 def _grouped(
@@ -299,7 +263,7 @@ def _grouped(
     return {name: [by_key[k] for k in keys] for name, keys in lists.items()}
 
 
-def _split_lists(root: epath.Path, files: Sequence[epath.Path]) -> dict[str, list[str]] | None:
+def _split_lists(files: Sequence[epath.Path]) -> dict[str, list[str]] | None:
     """Each list file's names (one per line, blank lines skipped); None when there are none."""
     if not files:
         return None
@@ -350,11 +314,6 @@ def _read_labelmap(path: epath.Path) -> tuple[list[str], list[list[int]]]:
     if not names:
         raise ValueError(f"{path} lists no classes.")
     return names, colors
-
-
-def _numbered_names(layout: _Layout) -> list[str]:
-    """`class_0` ... `class_{K-1}`, K from the largest value of the checked masks."""
-    return [f"class_{i}" for i in range(layout.num_values)]
 
 
 def _palette_colors(palette: list[int] | None, num_classes: int) -> list[list[int]] | None:
@@ -416,185 +375,10 @@ def _rgb(code: int) -> tuple[int, int, int]:
     return (code >> 16) & 255, (code >> 8) & 255, code & 255
 
 
-# --- COCO -----------------------------------------------------------------------------------
-
-
-def _coco_layout(
-    root: epath.Path, cvat: Sequence[epath.Path], roboflow: Sequence[epath.Path]
-) -> _Layout:
-    """COCO instance JSON files, with the images beside (Roboflow) or under images/ (CVAT)."""
-    files: dict[str, tuple[epath.Path, list[epath.Path]]] = {}
-    for path in cvat:
-        split = path.stem.removeprefix("instances_")
-        files[split] = (path, [root / "images" / split, root / "images"])
-    for path in roboflow:
-        split = path.parent.name if path.parent != root else "default"
-        files[split] = (path, [path.parent])
-    documents = {split: _load_json(path) for split, (path, _) in files.items()}
-    categories = _coco_categories(documents, {s: str(p) for s, (p, _) in files.items()})
-    class_of = {cat_id: index + 1 for index, cat_id in enumerate(sorted(categories))}
-    names = ["background"] + [categories[cat_id] for cat_id in sorted(categories)]
-    groups: dict[str | None, list[Example]] = {}
-    listed: set[str] = set()
-    problems: list[str] = []
-    for split, (path, folders) in files.items():
-        examples, found = _coco_examples(path, folders, documents[split], class_of, problems)
-        groups[split] = examples
-        listed |= found
-    folders = sorted({str(f) for _, candidates in files.values() for f in candidates})
-    extra = [
-        str(f)
-        for folder in map(epath.Path, folders)
-        if folder.is_dir()
-        for f in sorted(folder.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES and str(f) not in listed
-    ]
-    if extra:
-        problems.append(
-            f"{len(extra)} image(s) that no COCO file lists, so without a mask (annotate "
-            "them, or remove them):\n  " + _shown(extra)
-        )
-    if problems:
-        raise ValueError("\n".join(problems))
-    return _Layout("coco", names, None, groups)
-
-
-def _load_json(path: epath.Path) -> dict:
-    try:
-        document = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    missing = [key for key in ("images", "annotations", "categories") if key not in document]
-    if missing:
-        raise ValueError(f"{path} has no {missing} list: not a COCO instances file.")
-    return document
-
-
-def _coco_categories(documents: dict[str, dict], paths: dict[str, str]) -> dict[int, str]:
-    """Category id -> name, the same in every file, without Roboflow's grouping root.
-
-    Roboflow adds a category named after the project that every class names as its
-    supercategory and that no annotation uses: it is not a class.
-    """
-    tables = {
-        split: {int(c["id"]): str(c["name"]) for c in doc["categories"]}
-        for split, doc in documents.items()
-    }
-    first = next(iter(tables))
-    for split, table in tables.items():
-        if table != tables[first]:
-            raise ValueError(
-                f"{paths[split]} and {paths[first]} list different categories: export every "
-                "split with the same labels."
-            )
-    categories = tables[first]
-    parents = {
-        str(c.get("supercategory"))
-        for doc in documents.values()
-        for c in doc["categories"]
-        if c.get("supercategory")
-    }
-    used = {a.get("category_id") for doc in documents.values() for a in doc["annotations"]}
-    roots = [i for i, name in categories.items() if name in parents and i not in used]
-    if roots and len(roots) < len(categories):
-        logging.info("COCO categories %s group the others and are not classes.", roots)
-        categories = {i: n for i, n in categories.items() if i not in roots}
-    return categories
-
-
-def _coco_examples(
-    path: epath.Path,
-    folders: Sequence[epath.Path],
-    document: dict,
-    class_of: dict[int, int],
-    problems: list[str],
-) -> tuple[list[Example], set[str]]:
-    """The examples of one COCO file; appends its problems (each naming the file) to problems."""
-    entries = {}
-    missing = []
-    for entry in document["images"]:
-        candidates = [folder / entry["file_name"] for folder in folders]
-        image = next((c for c in candidates if c.is_file()), None)
-        if image is None:
-            missing.append(str(candidates[0]))
-        else:
-            entries[entry["id"]] = (entry, image)
-    if missing:
-        problems.append(
-            f"{len(missing)} image(s) that {path} lists do not exist:\n  " + _shown(missing)
-        )
-    annotations: dict[int, list[dict]] = {image_id: [] for image_id in entries}
-    image_ids = {entry["id"] for entry in document["images"]}
-    unknown_image, unknown_category = [], []
-    for annotation in document["annotations"]:
-        if annotation.get("category_id") not in class_of:
-            unknown_category.append(
-                f"{annotation.get('id')} (category {annotation.get('category_id')})"
-            )
-        image_id = annotation.get("image_id")
-        if image_id in annotations:
-            annotations[image_id].append(annotation)
-        elif image_id not in image_ids:
-            unknown_image.append(f"{annotation.get('id')} (image {image_id})")
-    if unknown_image:
-        problems.append(
-            f"{path}: {len(unknown_image)} annotation(s) point at an image id the file does not "
-            "list:\n  " + _shown(unknown_image)
-        )
-    if unknown_category:
-        problems.append(
-            f"{path}: {len(unknown_category)} annotation(s) name a category id the file does "
-            "not list:\n  " + _shown(unknown_category)
-        )
-    examples = []
-    for image_id, (entry, image) in entries.items():
-        name = f"{path} image {entry['file_name']}"
-        read = functools.partial(
-            _coco_mask,
-            name,
-            annotations[image_id],
-            int(entry["height"]),
-            int(entry["width"]),
-            class_of,
-        )
-        key = str(epath.Path(entry["file_name"]).with_suffix(""))
-        examples.append(Example(key, image, name, read))
-    return examples, {str(image) for _, image in entries.values()}
-
-
-def _coco_mask(
-    name: str, annotations: list[dict], height: int, width: int, class_of: dict[int, int]
-) -> np.ndarray:
-    """Paints the annotations of one image in order on a background of class 0."""
-    mask = np.zeros((height, width), np.uint8)
-    for annotation in annotations:
-        segmentation = annotation.get("segmentation")
-        if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if len(p) >= 6]  # 3+ points make an area
-            if not polygons:
-                continue  # a box alone: no pixels to paint
-            rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
-        elif isinstance(segmentation, dict) and "counts" in segmentation:
-            if list(segmentation.get("size", [])) != [height, width]:
-                raise ValueError(
-                    f"{name}: annotation {annotation.get('id')} has an RLE of size "
-                    f"{segmentation.get('size')} but the image is {height}x{width} (HxW)."
-                )
-            rle = segmentation
-            if isinstance(rle["counts"], list):
-                rle = coco_mask.frPyObjects(rle, height, width)
-        else:
-            raise ValueError(
-                f"{name}: annotation {annotation.get('id')} has no polygon or RLE segmentation."
-            )
-        mask[coco_mask.decode(rle).astype(bool)] = class_of[annotation["category_id"]]
-    return mask
-
-
 # --- Checks ---------------------------------------------------------------------------------
 
 
-def _check_examples(root: epath.Path, layout: _Layout) -> list[int] | None:
+def _check_examples(root: epath.Path, layout: Layout) -> list[int] | None:
     """Reads every mask and image header; raises one ValueError listing every problem.
 
     Sets `layout.num_values` (1 + the largest class value seen) and returns the palette of
@@ -604,9 +388,9 @@ def _check_examples(root: epath.Path, layout: _Layout) -> list[int] | None:
     problems, largest, palette = [], 0, None
     seen = set()
     for example in (e for examples in layout.groups.values() for e in examples):
-        if example.key in seen:
+        if id(example) in seen:  # listed twice (in train and trainval, say)
             continue
-        seen.add(example.key)
+        seen.add(id(example))
         try:
             size = images.displayed_size(example.image)
             mask = example.read_mask()
@@ -630,9 +414,7 @@ def _check_examples(root: epath.Path, layout: _Layout) -> list[int] | None:
         if palette is None and example.mask_file is not None:
             palette = _mask_palette(example.mask_file)
     if problems:
-        raise ValueError(
-            f"{root}: {len(problems)} problem(s) with the data:\n  " + _shown(problems)
-        )
+        raise ValueError(f"{root}: {len(problems)} problem(s) with the data:\n  " + shown(problems))
     if not seen:
         raise ValueError(f"{root} holds no examples.\n{LAYOUTS_HELP}")
     layout.num_values = largest + 1
@@ -703,8 +485,3 @@ def _assign_splits(
                 "val_fraction, or give train and val lists."
             )
     return splits
-
-
-def _shown(lines: Sequence[str]) -> str:
-    more = f"\n  ... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else ""
-    return "\n  ".join(lines[:_SHOWN]) + more

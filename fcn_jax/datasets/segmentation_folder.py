@@ -23,12 +23,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fcn_jax.datasets import folder_layouts, images
+from fcn_jax.datasets import features, folder_layouts, images
 from fcn_jax.losses import VOID
 
 NAME = "segmentation_folder"
@@ -53,15 +52,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         """Returns the features; the metadata is filled in when the folder is read."""
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                    "segmentation_mask": tfds.features.Tensor(
-                        shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
+            features=features.segmentation_features(),
             supervised_keys=("image", "segmentation_mask"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -152,18 +143,14 @@ def make_builder(
 
 
 def validate_source(manual_dir: str | None, data_dir: str | None, val_fraction: float) -> None:
-    """Checks the config fields that choose a folder; raises ValueError naming the field.
+    """Checks that the configured folder, or data prepared from it, is there.
 
-    A folder that is gone passes when its prepared data is in `data_dir` (evaluating or
-    exporting on another machine).
+    Raises ValueError naming the config field. A folder that is gone passes when its prepared
+    data is in `data_dir` (evaluating or exporting on another machine). The fields themselves
+    are checked by `fcn_jax.config_checks` (no TensorFlow needed there).
     """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"config.dataset.val_fraction={val_fraction} must be in [0, 1)")
     if not manual_dir:
-        raise ValueError(
-            f"config.dataset.manual_dir is not set: {NAME} reads your folder of images and "
-            "masks; pass --config.dataset.manual_dir=PATH (docs/own_data.md)."
-        )
+        raise ValueError("config.dataset.manual_dir is not set (docs/own_data.md).")
     path = epath.Path(os.path.expanduser(manual_dir))
     if path.is_dir():
         return

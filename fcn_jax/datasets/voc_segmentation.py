@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from fcn_jax.datasets import images
+from fcn_jax.datasets import features, images
 from fcn_jax.losses import VOID
 
 CLASS_NAMES = (
@@ -149,15 +149,7 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         """Returns the dataset metadata."""
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                    "segmentation_mask": tfds.features.Tensor(
-                        shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
+            features=features.segmentation_features(),
             supervised_keys=("image", "segmentation_mask"),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
             metadata=tfds.core.MetadataDict(
