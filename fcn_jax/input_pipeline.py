@@ -108,16 +108,6 @@ def dataset_classes(config: ml_collections.ConfigDict) -> class_info.ClassInfo:
     return class_info.from_metadata(_builder(config).info.metadata)
 
 
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-    """The dataset's class names, in label order, from the builder's metadata."""
-    return list(_builder(config).info.metadata["class_names"])
-
-
-def num_classes(config: ml_collections.ConfigDict) -> int:
-    """The number of classes of the dataset (21 for VOC)."""
-    return len(class_names(config))
-
-
 def _place_on_canvas(
     image: tf.Tensor, label: tf.Tensor, canvas: tuple[int, int], name: tf.Tensor
 ) -> dict[str, tf.Tensor]:
