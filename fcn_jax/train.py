@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from fcn_jax import (
     checkpoint,
+    class_info,
     config_checks,
     evaluation,
     input_pipeline,
@@ -33,9 +34,9 @@ from fcn_jax import (
     optim,
     restore,
     steps,
-    visualize,
     weights,
 )
+from fcn_jax.datasets import segmentation_folder
 from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- state
@@ -176,7 +177,7 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
     stream and keeps its own slice of each batch (`fcn_jax.input_pipeline`).
     """
     data = config.dataset
-    return {
+    stream = {
         "batch_size": config.batch_size,
         "seed": config.seed,
         "dataset.name": data.name,
@@ -185,6 +186,11 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
         "dataset.canvas_size": list(data.canvas_size),
         "process_count": jax.process_count(),
     }
+    if data.name == segmentation_folder.NAME:
+        # Which folder, and which of its images are held out for validation.
+        stream["dataset.manual_dir"] = data.manual_dir
+        stream["dataset.val_fraction"] = data.val_fraction
+    return stream
 
 
 def check_data_stream(recorded: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -210,8 +216,8 @@ class Trainer:
         check_start(config, workdir)
         self.config, self.workdir = config, workdir
         self.mesh = steps.make_mesh()
-        self.class_names = input_pipeline.class_names(config)
-        self.model = steps.create_model(config, len(self.class_names))
+        self.classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
+        self.model = steps.create_model(config, self.classes.num_classes)
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
@@ -263,7 +269,7 @@ class Trainer:
         """Evaluates the current parameters; logs, writes and returns the scores."""
         config = self.config
         data = input_pipeline.eval_data(config)
-        scores, kept = evaluation.evaluate(
+        confusion, examples = evaluation.evaluate(
             self.state.variables(),
             self.eval_fn,
             input_pipeline.create_eval_iterator(config, data.split),
@@ -271,15 +277,15 @@ class Trainer:
             num_batches=data.num_batches,
             keep_predictions=config.num_predictions_to_save,
         )
-        evaluation.log_scores(step, data.split, scores, self.class_names, self.workdir)
-        self.writer.write_scalars(
-            step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
+        return evaluation.report(
+            step,
+            data.split,
+            confusion,
+            self.classes,
+            self.workdir,
+            examples=examples,
+            writer=self.writer,
         )
-        if kept and jax.process_index() == 0:
-            panels = visualize.prediction_panels(kept)
-            self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
-            visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
-        return scores
 
     def run(self) -> dict:
         """Trains to `config.num_train_steps`; returns the last evaluation's scores.
@@ -307,7 +313,7 @@ class Trainer:
                     stop = self._next_sync_step(step)
                     with jax.transfer_guard("disallow"):
                         for k in range(step + 1, stop + 1):
-                            self._advance(next(batches))
+                            self.advance(next(batches))
                             report(k)
                     step = stop
                     scores = self._sync(step, sigterm) or scores
@@ -321,7 +327,7 @@ class Trainer:
         intervals = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
         return min(config.num_train_steps, *(step - step % n + n for n in intervals))
 
-    def _advance(self, batch: dict) -> None:
+    def advance(self, batch: dict) -> None:
         """One train step on a global batch; nothing is copied to the host."""
         self.state, out = self.train_fn(self.state, batch)
         self.health = _update_health(self.health, out["loss"], self.state.step)

@@ -11,6 +11,7 @@ import pytest
 
 from fcn_jax import (
     checkpoint,
+    class_info,
     config_checks,
     evaluation,
     input_pipeline,
@@ -19,6 +20,7 @@ from fcn_jax import (
     preprocessing,
     train,
 )
+from fcn_jax.datasets import synthetic_shapes
 from tests.helpers import tiny_config
 
 
@@ -62,6 +64,10 @@ def test_train_and_evaluate_end_to_end(trained_workdir, synthetic_data_dir):
     assert lines[0]["mean_iou"] == scores["mean_iou"]
     np.testing.assert_allclose(scores["mean_iou"], _mean_iou_by_hand(config, workdir), rtol=1e-6)
     assert len(lines[0]["per_class_iou"]) == 5
+    assert list(lines[0]["class_iou"]) == list(synthetic_shapes.CLASS_NAMES)
+    assert class_info.load(workdir).names == tuple(synthetic_shapes.CLASS_NAMES)
+    plots = sorted(p.name for p in pathlib.Path(workdir, "plots").iterdir())
+    assert plots == ["step_0000004_confusion.png", "step_0000004_iou.png"]
     step, params = _params(workdir)
     assert step == 4 and set(params) >= {"conv1_1", "fc7", "score_pool3"}
     pngs = sorted(p.name for p in pathlib.Path(workdir, "predictions").iterdir())
@@ -107,8 +113,17 @@ def test_evaluate_model_from_workdir(trained_workdir, synthetic_data_dir):
 
 
 def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
+    workdir = tmp_path / "run"
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
-        train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
+        train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(workdir))
+    # The reference configs stage from a coarser model: without its path, nothing starts.
+    staged = tiny_config(synthetic_data_dir, **{"init.kind": "stage"})
+    with pytest.raises(ValueError, match="--config.init.path"):
+        train.train_and_evaluate(staged, str(workdir))
+    staged.init.path = str(tmp_path / "no_such_run")
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*no_such_run"):
+        train.train_and_evaluate(staged, str(workdir))
+    assert not workdir.exists()  # refused before the workdir was created
     with pytest.raises(ValueError, match="grad_accum_steps"):
         config_checks.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
     # Scaling up without cropping could overflow the canvas mid-training.
@@ -138,12 +153,12 @@ def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
     config = tiny_config(synthetic_data_dir)
     trainer = train.Trainer(config, str(tmp_path))
     batches = train.prefetch_to_device(input_pipeline.create_train_iterator(config), trainer.mesh)
-    trainer.step(next(batches))  # compiles
+    trainer.advance(next(batches))  # compiles
     # Between log steps the loop only dispatches: any device-to-host (or implicit
     # host-to-device) transfer would raise here.
     with jax.transfer_guard("disallow"):
         for _ in range(3):
-            trainer.step(next(batches))
+            trainer.advance(next(batches))
     assert int(trainer.state.step) == 4 and bool(trainer.health["finite"])
 
 
