@@ -60,9 +60,10 @@ _TRICKS = (
     Trick(
         "matmul_grads",
         _CPU,
-        "The gradients of conv1_1, fc6 and fc7 as matrix products "
-        "(fcn_jax.layers.conv_with_matmul_grads) instead of XLA's gradient convolutions, which "
-        "are slow on CPU for 3 input channels and transpose fc6's large kernel every step. "
+        "The gradients of conv1_1, fc6 and fc7 (the simple geometry: conv1_1 only) as matrix "
+        "products (fcn_jax.layers.conv_with_matmul_grads) instead of XLA's gradient "
+        "convolutions, which are slow on CPU for 3 input channels and transpose fc6's large "
+        "kernel every step. "
         "On GPU/TPU conv1_1's im2col needs a temporary that native gradients do not.",
     ),
     Trick(
