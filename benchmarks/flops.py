@@ -9,7 +9,7 @@ forward of that layer.
 fcn-jax executes: blocks 1-3 on the maps of `fcn_jax.frame`, without most of the constant
 frame.
 
-`geometry="simple"` counts the course-notes geometry (fcn_jax/simple_models.py): every map is
+`geometry="simple"` counts the course-notes geometry (fcn_jax/models/simple.py): every map is
 the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed` does not
 apply to it.
 """

@@ -9,7 +9,7 @@ from benchmarks import flops
 from benchmarks import steps as benchmark_steps
 from configs import default
 from fcn_jax import steps
-from tests.helpers import run_python
+from tests.helpers import run_python, usage_error
 
 
 def test_reference_counts_are_the_issues():
@@ -72,10 +72,7 @@ def _steps(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_arguments_are_named(argument, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        benchmark_steps.main(argument.split())
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(benchmark_steps.main, argument.split(), capsys)
 
 
 def test_eval_step_row():

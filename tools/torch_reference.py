@@ -91,7 +91,12 @@ def add_head(
       width: channel multiplier (same rounding as fcn_jax).
       fc6_kernel: 7 in the reference geometry, 1 in the course-notes one.
       deconv: (channels, factor) -> the geometry's upsampling layer by `factor`.
+
+    Raises:
+      ValueError: for another stride.
     """
+    if stride not in (8, 16, 32):
+        raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
     fc = scaled_channels(FC_CHANNELS, width)
     model.fc6 = nn.Conv2d(scaled_channels(512, width), fc, fc6_kernel)
     model.fc7 = nn.Conv2d(fc, fc, 1)
@@ -142,8 +147,6 @@ class FCNReference(nn.Module):
         skip_scales: tuple[float, float] = (1.0, 1.0),
     ):
         super().__init__()
-        if stride not in (8, 16, 32):
-            raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
         self.stride = stride
         self.skip_scales = skip_scales
         add_vgg16(self, width, CONV1_1_PADDING)

@@ -1,7 +1,7 @@
 """PyTorch implementation of the course-notes ("simple") FCN-32s/16s/8s, for parity tests.
 
 Written from the description in issue #14 (docs/reference.md describes the reference geometry
-it simplifies), independently of fcn_jax/simple_models.py:
+it simplifies), independently of fcn_jax/models/simple.py:
 
 * VGG16 convolutions with padding 1, plain 2x2 max pooling;
 * fc6 / fc7 as 1x1 convolutions (512 -> 4096 -> 4096), each with ReLU and dropout;
@@ -49,8 +49,6 @@ class SimpleFCN(nn.Module):
 
     def __init__(self, stride: int, num_classes: int = 21, width: float = 1.0):
         super().__init__()
-        if stride not in (8, 16, 32):
-            raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
         self.stride = stride
         add_vgg16(self, width, conv1_1_padding=1)
         add_head(self, stride, num_classes, width, fc6_kernel=1, deconv=self._deconv)
