@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fcn_jax import evaluation, export, train  # noqa: E402
+from fcn_jax import evaluation, export, train, xla_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -76,6 +76,7 @@ def _initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def main(argv):
     """Runs the mode the flags ask for."""
     del argv
+    xla_setup.add_default_xla_flags()  # before the first computation, or XLA ignores them
     logging.get_absl_handler().addFilter(_QuietLibraries())
     # TF only feeds data: keep it off accelerators so JAX has their memory.
     tf.config.set_visible_devices([], "GPU")

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 from benchmarks import flops
 from benchmarks.steps import NUM_CLASSES, PEAK_TFLOPS, _jax_variables
 from configs import default
-from fcn_jax import fast_paths, layers, models, optim, steps
+from fcn_jax import fast_paths, layers, models, optim, steps, xla_setup
 
 MODEL = "fcn8s"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -192,8 +192,8 @@ def _step(
     """A callable running one jitted step on the first device, and the compiled step."""
     config = default.get_config()
     config.model, config.compute_dtype, config.width = MODEL, dtype, args.width
-    config.batch_size = batch
-    model = steps.create_model(config, args.classes).clone(fast_paths=option)
+    config.batch_size, config.fast_paths = batch, option
+    model = steps.create_model(config, args.classes)
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.DATA_AXIS,))
     rng = np.random.default_rng(0)
     shape = (batch, args.size, args.size)
@@ -247,7 +247,7 @@ def step_rows(args: argparse.Namespace, deadline: float) -> list[str]:
         "| step | batch | dtype | median ms | images/s | TFLOP/s | MFU | planned memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    framed = fast_paths.enabled("auto", "frame")
+    framed = fast_paths.resolve("auto").frame
     for dtype in ("bfloat16", "float32"):
         for batch in args.batches:
             for mode in ("train", "eval"):
@@ -270,6 +270,7 @@ def step_rows(args: argparse.Namespace, deadline: float) -> list[str]:
 
 
 def main() -> None:
+    xla_setup.add_default_xla_flags()  # before the first computation, or XLA ignores them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="width 1/32, 32x32: a smoke test")
     parser.add_argument("--budget-s", type=float, default=270.0, help="start no case after this")
@@ -288,7 +289,7 @@ def main() -> None:
     start = time.perf_counter()
     deadline = start + args.budget_s
     device = jax.devices()[0]
-    auto = [t for t in fast_paths.TRICKS if fast_paths.enabled("auto", t)]
+    auto = list(fast_paths.resolve("auto").names())
     print(
         f"{device.device_kind} ({device.platform}), jax {jax.__version__}; FCN-8s at "
         f"{args.size}x{args.size}, width {args.width:g}; 'auto' fast paths here: {auto}\n",

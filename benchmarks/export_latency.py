@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fcn_jax import export, models, preprocessing  # noqa: E402
+from fcn_jax import export, models, preprocessing, xla_setup  # noqa: E402
 
 NUM_CLASSES = 21
 PREPROCESSING = "caffe"
@@ -66,7 +66,7 @@ def folder_bytes(path: str) -> int:
 
 
 def runtimes(
-    model: models.FCN, variables: dict, written: dict[str, str]
+    model: models.FCNModel, variables: dict, written: dict[str, str]
 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Each runtime as `images -> classes` (a host array, so the timing includes the work)."""
     forward = jax.jit(
@@ -102,9 +102,10 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> None:
+    xla_setup.add_default_xla_flags()  # before the first computation, or XLA ignores them
     """Runs the benchmark; `argv` defaults to the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="fcn8s", choices=sorted(models.MODELS))
+    parser.add_argument("--model", default="fcn8s", choices=sorted(models.GEOMETRIES["reference"]))
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     parser.add_argument("--size", type=_size, default=(375, 500), help="image HxW")
     parser.add_argument("--canvas", type=_size, default=(512, 512), help="export canvas HxW")

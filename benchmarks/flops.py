@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fcn_jax import frame, models, simple_models
+from fcn_jax import frame, models
+from fcn_jax.models import reference, simple
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -32,7 +33,10 @@ def _deconv(in_h: int, in_w: int, c: int, k: int) -> int:
 
 def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, int]]:
     """The map size each VGG block's convolutions run on, reference geometry."""
-    full_h, full_w = height + 2 * models.CONV1_1_PADDING - 2, width + 2 * models.CONV1_1_PADDING - 2
+    full_h, full_w = (
+        height + 2 * reference.CONV1_1_PADDING - 2,
+        width + 2 * reference.CONV1_1_PADDING - 2,
+    )
     sizes = {}
     for block, _, _ in models.VGG16_BLOCKS:
         sizes[block] = (full_h, full_w)
@@ -41,12 +45,12 @@ def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, 
         plan = frame.FramePlan.for_image(
             height,
             width,
-            models.CONV1_1_PADDING,
-            tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS]),
+            reference.CONV1_1_PADDING,
+            tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS]),
         )
         pad_h, pad_w = plan.rows.conv1_1_padding, plan.cols.conv1_1_padding
         sizes[1] = (height + 2 * pad_h - 2, width + 2 * pad_w - 2)
-        for block in range(2, models.FRAMED_BLOCKS + 1):
+        for block in range(2, reference.FRAMED_BLOCKS + 1):
             rows, cols = plan.rows.after_pool[block - 1][1], plan.cols.after_pool[block - 1][1]
             sizes[block] = (rows.size, cols.size)
     return sizes
@@ -55,7 +59,7 @@ def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, 
 def _simple_block_sizes(height: int, width: int) -> dict[int, tuple[int, int]]:
     """The map size each VGG block's convolutions run on, course-notes geometry: the input
     padded to a multiple of 32, halved by each pooling before the block."""
-    h, w = simple_models.padded_side(height), simple_models.padded_side(width)
+    h, w = simple.padded_side(height), simple.padded_side(width)
     return {block: (h >> (block - 1), w >> (block - 1)) for block, _, _ in models.VGG16_BLOCKS}
 
 

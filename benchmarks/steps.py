@@ -15,7 +15,7 @@ configs/default.py (summed loss, SGD with momentum and the reference's parameter
 the eval step is the forward pass, the argmax and the confusion matrix. The PyTorch worker
 runs tools/torch_reference.py (the model behind the parity fixtures) with the same
 optimiser, or forward, argmax and bincount; for `--geometries=simple` (the course-notes
-geometry of fcn_jax/simple_models.py, rows marked "(simple)") both sides run that geometry,
+geometry of fcn_jax/models/simple.py, rows marked "(simple)") both sides run that geometry,
 PyTorch from tools/torch_simple_reference.py, with the same recipe. PYTHON is an interpreter
 that has torch (default: $FCN_TORCH_PYTHON, see docs/development.md); fcn-jax itself never
 needs it.
@@ -112,6 +112,9 @@ def _compiled(jitted, *example):
 
 def _jax_runner(args: argparse.Namespace):
     """The library's jitted train (or eval) step; returns (run one step, compile seconds)."""
+    from fcn_jax import xla_setup
+
+    xla_setup.add_default_xla_flags()  # main.py's CPU settings, before the first computation
     import jax
     import numpy as np
 

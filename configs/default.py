@@ -13,11 +13,14 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_atonce
     # "reference": the paper's Caffe geometry; "simple": the course-notes geometry
-    # (fcn_jax/simple_models.py: 1x1 fc6/fc7, no pad 100 and no crops; not for at-once).
+    # (fcn_jax/models/simple.py: 1x1 fc6/fc7, no pad 100 and no crops; not for at-once).
     config.model_geometry = "reference"
     config.width = 1.0  # channel multiplier; 1.0 is the reference network
     config.compute_dtype = "float32"  # or "bfloat16" on GPU/TPU (parameters stay float32)
     config.learnable_upsampling = False  # the reference freezes the bilinear kernels (§2.2)
+    # Speed tricks (fcn_jax/fast_paths.py): "auto" (where measured to win, for the backend
+    # this runs on) | "all" | "none" (the plain path). The results are the same.
+    config.fast_paths = "auto"
 
     # How the variables start (§3): "random" | "vgg16" | "pytorch_fcn" | "stage".
     #  vgg16: an ImageNet VGG16 (torchvision layout) transplanted into the FCN;

@@ -3,10 +3,10 @@
     python main.py --config=configs/quickstart_simple.py --workdir=/tmp/fcn_quickstart_simple
 
 (the same as `--config=configs/quickstart.py --config.model_geometry=simple`). A reduced-width
-FCN-8s of fcn_jax/simple_models.py trained offline on `synthetic_shapes` from random weights,
+FCN-8s of fcn_jax/models/simple.py trained offline on `synthetic_shapes` from random weights,
 with the quickstart's recipe (Adam on the mean loss, cosine schedule, batch 8, augmentation).
 The 96x96 canvas is a multiple of 32, so the model pads nothing; the smaller images on it get
-their own-size logits through `sizes` (fcn_jax/simple_models.py).
+their own-size logits through `sizes` (fcn_jax/models/simple.py).
 
 Expected (measured on 2026-12-01 on the shared 2-core CPU, other jobs running): 3 min 46 s with
 the dataset already built, compilation included; validation mean IoU 0.876 at step 500 and

@@ -1,4 +1,4 @@
-"""FCN-8s in the course-notes geometry (fcn_jax/simple_models.py) on PASCAL VOC.
+"""FCN-8s in the course-notes geometry (fcn_jax/models/simple.py) on PASCAL VOC.
 
     python main.py --config=configs/simple_fcn8s.py --workdir=WORKDIR
 

@@ -112,6 +112,16 @@ class Checkpoints:
             self.best.close()
 
 
+# The folders of a workdir that hold checkpoints: the best by mean IoU, the latest train states.
+FOLDERS = ("best", "checkpoints")
+
+
+def has_train_state(workdir: str) -> bool:
+    """Whether WORKDIR holds a train-state checkpoint to resume from (nothing is read)."""
+    folder = _absolute(workdir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def _absolute(workdir: str) -> epath.Path:
     """`workdir` as an absolute path (orbax refuses relative ones); gs:// paths are already."""
     root = epath.Path(workdir)

@@ -1,29 +1,47 @@
-"""One check of a whole config before anything compiles: `validate_config`."""
+"""Checks of a whole config before anything is created or compiled.
+
+`validate_config` checks every field and raises one ValueError naming the first bad one. It
+needs JAX only (no TensorFlow, no dataset): the data fields are checked here too, and
+`eval_batch_size` is the one place that derives the eval batch from them.
+"""
 
 import jax
 import ml_collections
 
-from fcn_jax import input_pipeline, losses, models, optim, steps
+from fcn_jax import fast_paths, losses, models, optim, steps
+from fcn_jax.preprocessing import PREPROCESSING
 
 INIT_KINDS = ("random", "vgg16", "pytorch_fcn", "stage")
 _INTERVALS = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every config field before anything compiles.
+    """Checks every config field before anything is created or compiled.
 
     Raises:
       ValueError: naming the first bad field.
     """
-    if config.model not in models.MODELS:
-        raise ValueError(f"config.model={config.model!r}: use one of {sorted(models.MODELS)}")
-    models.get_model(config.model, 1, config.model_geometry)  # ValueError names the problem
+    geometry = config.model_geometry
+    if geometry not in models.GEOMETRIES:
+        raise ValueError(
+            f"config.model_geometry={geometry!r}: use one of {tuple(models.GEOMETRIES)}"
+        )
+    if config.model not in models.GEOMETRIES[geometry]:
+        raise ValueError(
+            f"config.model={config.model!r}: the {geometry} geometry has "
+            f"{sorted(models.GEOMETRIES[geometry])}"
+        )
+    if config.fast_paths not in fast_paths.OPTIONS:
+        raise ValueError(
+            f"config.fast_paths={config.fast_paths!r}: use one of {fast_paths.OPTIONS}"
+        )
     if config.compute_dtype not in steps.DTYPES:
         raise ValueError(
             f"config.compute_dtype={config.compute_dtype!r}: use one of {list(steps.DTYPES)}"
         )
-    if config.init.kind not in INIT_KINDS:
-        raise ValueError(f"config.init.kind={config.init.kind!r}: use one of {INIT_KINDS}")
+    if not config.width > 0:
+        raise ValueError(f"config.width={config.width} must be > 0")
+    _validate_init(config.init)
     if config.loss_reduction not in losses.REDUCTIONS:
         raise ValueError(
             f"config.loss_reduction={config.loss_reduction!r}: use {losses.REDUCTIONS}"
@@ -38,4 +56,58 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
     optim.validate_config(config)
-    input_pipeline.validate_config(config)
+    validate_data_config(config)
+
+
+def _validate_init(init: ml_collections.ConfigDict) -> None:
+    if init.kind not in INIT_KINDS:
+        raise ValueError(f"config.init.kind={init.kind!r}: use one of {INIT_KINDS}")
+    if init.kind == "stage" and init.source_model not in models.NAMES:
+        raise ValueError(
+            f"config.init.source_model={init.source_model!r}: use one of {models.NAMES}"
+        )
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the data fields of `config`; raises ValueError naming the first bad field."""
+    data = config.dataset
+    if data.preprocessing not in PREPROCESSING:
+        raise ValueError(
+            f"config.dataset.preprocessing={data.preprocessing!r}: use one of {PREPROCESSING}"
+        )
+    canvas = tuple(data.canvas_size)
+    if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
+        raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
+    for field, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", eval_batch_size(config)),
+    ):
+        if value < 1 or value % jax.device_count() or value % jax.process_count():
+            raise ValueError(
+                f"config.{field}={value} must be a positive multiple of the device count "
+                f"({jax.device_count()}) and of the process count ({jax.process_count()})"
+            )
+    if not 0 < data.min_scale <= data.max_scale:
+        raise ValueError(
+            f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
+            "need 0 < min_scale <= max_scale"
+        )
+    if data.augment and data.max_scale > 1 and not data.random_crop:
+        raise ValueError(
+            f"config.dataset.max_scale={data.max_scale} with augment=True can scale an image "
+            f"past the canvas {canvas} and stop training: set config.dataset.random_crop=True "
+            "(crops each scaled image to the canvas) or max_scale <= 1"
+        )
+    if data.shuffle_buffer < 1:
+        raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global eval batch size, from one place for the pipeline, validation and the loop.
+
+    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
+    multiple of the device count, which is valid on any host.
+    """
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return -(-config.batch_size // jax.device_count()) * jax.device_count()

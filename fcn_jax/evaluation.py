@@ -17,16 +17,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from fcn_jax import (
-    checkpoint,
-    config_checks,
-    input_pipeline,
-    losses,
-    models,
-    predict,
-    steps,
-    weights,
-)
+from fcn_jax import input_pipeline, losses, predict, restore, steps
 
 
 def evaluate(
@@ -115,31 +106,6 @@ def _none_to_nan(value: Any) -> Any:
     return math.nan if value is None else value
 
 
-def load_variables(
-    path: str, model_name: str, config: ml_collections.ConfigDict, num_classes: int
-) -> dict:
-    """Variables of a trained model from a workdir of ours (best checkpoint) or a .pth file."""
-    if str(path).endswith((".pth", ".pt", ".tar")):
-        return weights.load_pytorch_fcn(
-            path,
-            model_name,
-            width=config.width,
-            learnable_upsampling=config.learnable_upsampling,
-            geometry=config.model_geometry,
-        )
-    return checkpoint.restore_variables(path)
-
-
-def _trained_variables(
-    config: ml_collections.ConfigDict, workdir: str, weights_path: str | None
-) -> tuple[models.FCN, dict]:
-    """The model and its trained variables: a pytorch-fcn file, else WORKDIR's checkpoint."""
-    config_checks.validate_config(config)
-    model = steps.create_model(config, input_pipeline.num_classes(config))
-    path = weights_path or workdir
-    return model, load_variables(path, config.model, config, model.num_classes)
-
-
 def evaluate_model(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -150,7 +116,9 @@ def evaluate_model(
 
     Appends the scores to WORKDIR/eval_results.jsonl (step -1 for imported weights).
     """
-    model, variables = _trained_variables(config, workdir, weights_path)
+    model, variables = restore.trained_model(
+        config, weights_path or workdir, input_pipeline.num_classes(config)
+    )
     mesh = steps.make_mesh()
     data = input_pipeline.eval_data(config, split)
     scores, _ = evaluate(
@@ -173,5 +141,7 @@ def predict_images(
     output_dir: str,
 ) -> list[epath.Path]:
     """Segments image files with trained variables; see `fcn_jax.predict.predict_files`."""
-    model, variables = _trained_variables(config, workdir, weights_path)
+    model, variables = restore.trained_model(
+        config, weights_path or workdir, input_pipeline.num_classes(config)
+    )
     return predict.predict_files(config, model, variables, inputs, output_dir)

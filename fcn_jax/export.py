@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from fcn_jax import config_checks, evaluation, fast_paths, input_pipeline, preprocessing, steps
+from fcn_jax import input_pipeline, preprocessing, restore
 
 SAVED_MODEL = "saved_model"
 STABLEHLO = "model.stablehlo"
@@ -82,10 +82,9 @@ def export_stablehlo(
 ) -> jax.export.Exported:
     """`images -> serve(variables, images)` for any batch and size up to the canvas."""
     images, _ = _symbolic_images(canvas_size)
-    with fast_paths.lowering_for(*platforms):
-        return jax.export.export(
-            jax.jit(lambda x: serve(variables, x)), platforms=tuple(platforms)
-        )(images)
+    return jax.export.export(jax.jit(lambda x: serve(variables, x)), platforms=tuple(platforms))(
+        images
+    )
 
 
 class _Servable(tf.Module):
@@ -156,7 +155,7 @@ def export(
     """Writes EXPORT_DIR/model.stablehlo and EXPORT_DIR/saved_model/ (see the module doc).
 
     Args:
-      model: the FCN.
+      model: the FCN, built for `platforms` (`fcn_jax.models.get_model(..., platform=...)`).
       variables: its trained variables.
       export_dir: the folder to create; it must not exist or be empty, unless `overwrite`.
       canvas_size: (height, width), the largest image size the artifacts serve.
@@ -202,16 +201,14 @@ def _write_artifacts(
     with open(os.path.join(folder, STABLEHLO), "wb") as f:
         f.write(exported.serialize())
     servable = _Servable(serve, variables, canvas_size, platforms)
-    # The SavedModel's functions are traced while saving: for `platforms`, too.
-    with fast_paths.lowering_for(*platforms):
-        tf.saved_model.save(
-            servable,
-            os.path.join(folder, SAVED_MODEL),
-            signatures={
-                "serving_default": servable.serving_default,
-                SIZES_SIGNATURE: servable.with_sizes,
-            },
-        )
+    tf.saved_model.save(
+        servable,
+        os.path.join(folder, SAVED_MODEL),
+        signatures={
+            "serving_default": servable.serving_default,
+            SIZES_SIGNATURE: servable.with_sizes,
+        },
+    )
 
 
 def _check_destination(path: str, overwrite: bool) -> None:
@@ -242,19 +239,23 @@ def export_trained(
     weights_path: str | None,
     export_dir: str,
     overwrite: bool = False,
+    platforms: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Exports the variables of WORKDIR's checkpoint, or of a pytorch-fcn file; see `export`.
+
+    The model is built for `platforms` (default: this process's backend), so its speed tricks
+    (`fcn_jax.fast_paths`) are those that suit where the artifacts will run.
 
     Raises:
       ValueError: a bad config field (e.g. an unknown model).
       FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
       FileExistsError: see `export`.
     """
-    config_checks.validate_config(config)
     _check_destination(export_dir, overwrite)
-    model = steps.create_model(config, input_pipeline.num_classes(config))
-    path = weights_path or workdir
-    variables = evaluation.load_variables(path, config.model, config, model.num_classes)
+    platforms = tuple(platforms or (jax.default_backend(),))
+    model, variables = restore.trained_model(
+        config, weights_path or workdir, input_pipeline.num_classes(config), platforms
+    )
     return export(
         model,
         variables,
@@ -262,4 +263,5 @@ def export_trained(
         tuple(config.dataset.canvas_size),
         config.dataset.preprocessing,
         overwrite=overwrite,
+        platforms=platforms,
     )

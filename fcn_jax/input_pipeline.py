@@ -3,7 +3,7 @@
 Batches have static shapes for `jax.jit`: every image is placed top-left on a fixed canvas
 (`config.dataset.canvas_size`) and each example carries its image's size, so that the model
 computes for it exactly what the image alone at its own size gives (docs/reference.md §2.5;
-`fcn_jax.models.FCN`, `sizes=`). The rest of the canvas is 0 in the image and void (255) in
+`fcn_jax.models`, `sizes=`). The rest of the canvas is 0 in the image and void (255) in
 the label, so it never counts in the loss or the metrics either. Images stay uint8 (a quarter
 of the bytes of float32) and are normalised on the device (`fcn_jax.preprocessing`).
 
@@ -31,53 +31,8 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 import fcn_jax.datasets  # noqa: F401  (registers the builders)
+from fcn_jax.config_checks import eval_batch_size, validate_data_config
 from fcn_jax.losses import VOID
-from fcn_jax.preprocessing import PREPROCESSING
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks the data fields of `config`; raises ValueError naming the first bad field."""
-    data = config.dataset
-    if data.preprocessing not in PREPROCESSING:
-        raise ValueError(
-            f"config.dataset.preprocessing={data.preprocessing!r}: use one of {PREPROCESSING}"
-        )
-    canvas = tuple(data.canvas_size)
-    if len(canvas) != 2 or not all(isinstance(s, int) and s > 0 for s in canvas):
-        raise ValueError(f"config.dataset.canvas_size={canvas}: need two positive ints (H, W)")
-    for field, value in (
-        ("batch_size", config.batch_size),
-        ("eval_batch_size", eval_batch_size(config)),
-    ):
-        if value < 1 or value % jax.device_count() or value % jax.process_count():
-            raise ValueError(
-                f"config.{field}={value} must be a positive multiple of the device count "
-                f"({jax.device_count()}) and of the process count ({jax.process_count()})"
-            )
-    if not 0 < data.min_scale <= data.max_scale:
-        raise ValueError(
-            f"config.dataset.min_scale={data.min_scale}, max_scale={data.max_scale}: "
-            "need 0 < min_scale <= max_scale"
-        )
-    if data.augment and data.max_scale > 1 and not data.random_crop:
-        raise ValueError(
-            f"config.dataset.max_scale={data.max_scale} with augment=True can scale an image "
-            f"past the canvas {canvas} and stop training: set config.dataset.random_crop=True "
-            "(crops each scaled image to the canvas) or max_scale <= 1"
-        )
-    if data.shuffle_buffer < 1:
-        raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
-
-
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
-    """The global eval batch size, from one place for the pipeline, validation and the loop.
-
-    `config.eval_batch_size` if set; if None (the default), the train batch rounded up to a
-    multiple of the device count, which is valid on any host.
-    """
-    if config.eval_batch_size is not None:
-        return config.eval_batch_size
-    return -(-config.batch_size // jax.device_count()) * jax.device_count()
 
 
 def _builder(
@@ -250,7 +205,8 @@ def create_train_iterator(
     """Endless iterator over this process's share of each global train batch.
 
     Args:
-      config: see `validate_config`; reads `seed`, `batch_size` and `dataset.*`.
+      config: reads `seed`, `batch_size` and `dataset.*`
+        (`fcn_jax.config_checks.validate_data_config` checks them).
       start_step: the first batch to yield; batch k is the same as an uninterrupted
         iterator's k-th batch.
 
@@ -258,7 +214,7 @@ def create_train_iterator(
       {'image': uint8 (B, H, W, 3), 'label': int32 (B, H, W), 'size': int32 (B, 2)}, with
       B = batch_size / processes and (H, W) the canvas.
     """
-    validate_config(config)
+    validate_data_config(config)
     builder = _builder(config)
     decoder = builder.info.features["image"].decode_example
     ds = _dataset(builder, config.dataset.train_split)
@@ -288,7 +244,7 @@ def create_eval_iterator(
     """One pass over this process's share of `split`, every example exactly once.
 
     Args:
-      config: see `validate_config`; reads `eval_batch_size` (see `eval_batch_size`),
+      config: reads `eval_batch_size` (`fcn_jax.config_checks.eval_batch_size`),
         `batch_size` and `dataset.*`.
       split: defaults to `config.dataset.eval_split`; the dataset is `eval_data`'s.
 
@@ -297,7 +253,7 @@ def create_eval_iterator(
       with empty examples (mask False, label all void, size 0 x 0). Every process yields
       `eval_data(config, split).num_batches` batches.
     """
-    validate_config(config)
+    validate_data_config(config)
     data = eval_data(config, split)
     builder = _builder(config, data.name)
     decoder = builder.info.features["image"].decode_example

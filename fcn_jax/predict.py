@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcn_jax import input_pipeline, models, preprocessing, visualize
+from fcn_jax import config_checks, models, preprocessing, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 16.7 megapixels: far above VOC's 500x500, and at full width already several GB of activations.
@@ -131,7 +131,7 @@ def output_stems(paths: list[epath.Path]) -> list[str]:
 
 def predict_files(
     config: ml_collections.ConfigDict,
-    model: models.FCN,
+    model: models.FCNModel,
     variables: dict,
     inputs: list[str],
     output_dir: str,
@@ -161,7 +161,7 @@ def predict_files(
     # copied there again for every batch, 537 MB each time at full width.
     variables = jax.device_put(variables)
     largest = tuple(config.dataset.canvas_size)
-    batch_size = input_pipeline.eval_batch_size(config)
+    batch_size = config_checks.eval_batch_size(config)
     pending: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
     written, failures = [], []
 

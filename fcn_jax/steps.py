@@ -11,7 +11,7 @@ use it; `fcn_jax.train` is ours, with the tf.data pipeline, checkpoints and writ
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -46,12 +46,26 @@ class TrainState:
 # ---------------------------------------------------------------------------- state
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FCN:
-    """The FCN of `config.model` in `config.model_geometry`, with the config's options."""
+def create_model(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    platform: str | Sequence[str] | None = None,
+) -> models.FCNModel:
+    """The FCN of `config.model` in `config.model_geometry`, with the config's options.
+
+    Args:
+      config: reads `model`, `model_geometry`, `width`, `compute_dtype`,
+        `learnable_upsampling` and `fast_paths`.
+      num_classes: the number of output classes.
+      platform: where the model will run (`fcn_jax.models.get_model`); None: this process's
+        backend.
+    """
     return models.get_model(
         config.model,
         num_classes,
         config.model_geometry,
+        fast_paths=config.fast_paths,
+        platform=platform,
         width=config.width,
         dtype=DTYPES[config.compute_dtype],
         learnable_upsampling=config.learnable_upsampling,
@@ -89,7 +103,7 @@ def loss_fn(
     batch: dict,
     rng: jax.Array,
     *,
-    model: models.FCN,
+    model: models.FCNModel,
     reduction: str,
     preprocessing_name: str,
 ) -> tuple[jax.Array, jax.Array]:
@@ -112,7 +126,7 @@ def train_step(
     state: TrainState,
     batch: dict,
     *,
-    model: models.FCN,
+    model: models.FCNModel,
     tx: optax.GradientTransformation,
     reduction: str,
     grad_accum_steps: int,
@@ -175,7 +189,7 @@ def _accumulate(
 
 
 def eval_step(
-    variables: dict, batch: dict, *, model: models.FCN, preprocessing_name: str
+    variables: dict, batch: dict, *, model: models.FCNModel, preprocessing_name: str
 ) -> tuple[Any, jax.Array]:
     """The confusion matrix of one batch (padding examples excluded) and the predictions.
 
@@ -217,7 +231,7 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, ja
 
 def jit_train_step(
     config: ml_collections.ConfigDict,
-    model: models.FCN,
+    model: models.FCNModel,
     tx: optax.GradientTransformation,
     mesh: Mesh,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -238,7 +252,7 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(model: models.FCN, mesh: Mesh, preprocessing_name: str) -> Callable:
+def jit_eval_step(model: models.FCNModel, mesh: Mesh, preprocessing_name: str) -> Callable:
     """The eval step jitted over `mesh`, for images normalised as `preprocessing_name` says."""
     return jax.jit(
         functools.partial(eval_step, model=model, preprocessing_name=preprocessing_name),

@@ -31,6 +31,7 @@ from fcn_jax import (
     input_pipeline,
     models,
     optim,
+    restore,
     steps,
     visualize,
     weights,
@@ -40,7 +41,9 @@ from fcn_jax.weight_files import fetch_weights
 # ---------------------------------------------------------------------------- state
 
 
-def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array) -> dict:
+def initial_variables(
+    config: ml_collections.ConfigDict, model: models.FCNModel, rng: jax.Array
+) -> dict:
     """The variables training starts from, as `config.init` says (§3)."""
     init = config.init
     options = dict(learnable_upsampling=config.learnable_upsampling, geometry=config.model_geometry)
@@ -56,10 +59,33 @@ def initial_variables(config: ml_collections.ConfigDict, model: models.FCN, rng:
         path = path or fetch_weights(init.weights)
         return weights.load_pytorch_fcn(path, config.model, width=config.width, **options)
     # "stage": a trained coarser FCN, from one of our workdirs or a pytorch-fcn file (§3.1).
-    if path is None:
-        raise ValueError("config.init.kind='stage' needs config.init.path (a workdir or .pth)")
-    source = evaluation.load_variables(path, init.source_model, config, model.num_classes)
+    source = restore.load_variables(path, config, init.source_model)
     return weights.stage_variables(source, models.init_variables(model, rng))
+
+
+def check_start(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Checks the config and where training starts from, before anything is created.
+
+    A workdir with a train state resumes from it; otherwise `config.init` must name a source
+    that exists.
+
+    Raises:
+      ValueError: a bad config field, or 'stage' without `config.init.path`.
+      FileNotFoundError: `config.init.path` does not exist or holds no checkpoint.
+    """
+    config_checks.validate_config(config)
+    init = config.init
+    if checkpoint.has_train_state(workdir) or init.kind == "random":
+        return
+    if init.kind == "stage" and init.path is None:
+        raise ValueError(
+            "config.init.kind='stage' starts from a trained coarser FCN: set "
+            "--config.init.path to its workdir or pytorch-fcn file (and "
+            "--config.init.source_model to its model), or choose another config.init.kind "
+            f"of {config_checks.INIT_KINDS}"
+        )
+    if init.path is not None:
+        restore.check_source(init.path)
 
 
 # ---------------------------------------------------------------------------- preemption
@@ -174,10 +200,14 @@ def check_data_stream(recorded: dict, config: ml_collections.ConfigDict, workdir
 
 
 class Trainer:
-    """The pieces of one training run, built once; `run` is the loop."""
+    """The pieces of one training run, built once; `run` is the loop.
+
+    A context manager: leaving it waits for pending saves and closes the checkpoint managers
+    and the summary writer.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        config_checks.validate_config(config)
+        check_start(config, workdir)
         self.config, self.workdir = config, workdir
         self.mesh = steps.make_mesh()
         self.class_names = input_pipeline.class_names(config)
@@ -186,14 +216,29 @@ class Trainer:
             workdir, just_logging=jax.process_index() > 0
         )
         self.checkpoints = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
-        self.state, self.tx = self._initial_state()
-        self.train_step = steps.jit_train_step(config, self.model, self.tx, self.mesh)
-        self.eval_step = steps.jit_eval_step(self.model, self.mesh, config.dataset.preprocessing)
+        try:
+            self.state, self.tx = self._initial_state()
+        except BaseException:
+            self.close()
+            raise
+        self.train_fn = steps.jit_train_step(config, self.model, self.tx, self.mesh)
+        self.eval_fn = steps.jit_eval_step(self.model, self.mesh, config.dataset.preprocessing)
         self.lr = optim.learning_rate_schedule(config)
         self.health = jax.device_put(
             {"finite": np.bool_(True), "first_bad_step": np.int32(-1), "loss": np.float32(0)},
             steps.replicated(self.mesh),
         )
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for pending saves; closes the checkpoint managers and the writer."""
+        self.checkpoints.close()
+        self.writer.close()
 
     def _initial_state(self) -> tuple[steps.TrainState, optax.GradientTransformation]:
         # A raw uint32 key (not a typed key array) so orbax can save it with the state.
@@ -220,7 +265,7 @@ class Trainer:
         data = input_pipeline.eval_data(config)
         scores, kept = evaluation.evaluate(
             self.state.variables(),
-            self.eval_step,
+            self.eval_fn,
             input_pipeline.create_eval_iterator(config, data.split),
             self.mesh,
             num_batches=data.num_batches,
@@ -262,7 +307,7 @@ class Trainer:
                     stop = self._next_sync_step(step)
                     with jax.transfer_guard("disallow"):
                         for k in range(step + 1, stop + 1):
-                            self.step(next(batches))
+                            self._advance(next(batches))
                             report(k)
                     step = stop
                     scores = self._sync(step, sigterm) or scores
@@ -276,9 +321,9 @@ class Trainer:
         intervals = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
         return min(config.num_train_steps, *(step - step % n + n for n in intervals))
 
-    def step(self, batch: dict) -> None:
+    def _advance(self, batch: dict) -> None:
         """One train step on a global batch; nothing is copied to the host."""
-        self.state, out = self.train_step(self.state, batch)
+        self.state, out = self.train_fn(self.state, batch)
         self.health = _update_health(self.health, out["loss"], self.state.step)
 
     def _sync(self, step: int, sigterm: SigtermFlag) -> dict | None:
@@ -343,5 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       The scores of the last evaluation (see `fcn_jax.metrics.scores`).
     """
+    check_start(config, workdir)  # before the workdir is created
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    return Trainer(config, workdir).run()
+    with Trainer(config, workdir) as trainer:
+        return trainer.run()

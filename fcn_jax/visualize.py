@@ -4,8 +4,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from fcn_jax.datasets import voc_palette
 from fcn_jax.losses import VOID
+from fcn_jax.palette import voc_palette
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:

@@ -28,8 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from fcn_jax import simple_models, torch_pickle
-from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, bilinear_kernel, get_model, init_variables
+from fcn_jax import torch_pickle
+from fcn_jax.models import (
+    FC_CHANNELS,
+    VGG16_BLOCKS,
+    bilinear_kernel,
+    get_model,
+    init_variables,
+    simple,
+)
 
 Variables = dict[str, Any]
 
@@ -284,9 +291,9 @@ def vgg16_variables_from_state_dict(
       num_classes: classes of the new score layers.
       width: defaults to (classifier.0 output features) / 4096.
       learnable_upsampling: see `fcn_variables_from_state_dict`.
-      geometry: "reference", or "simple" (`fcn_jax.simple_models`): its 1x1 fc6/fc7 cannot
+      geometry: "reference", or "simple" (`fcn_jax.models.simple`): its 1x1 fc6/fc7 cannot
         take VGG's fc weights, so VGG's classifier is read but dropped and fc6/fc7 get
-        `simple_models.FC_KERNEL_INIT` (He normal) and zero biases, drawn from `rng`
+        `simple.FC_KERNEL_INIT` (He normal) and zero biases, drawn from `rng`
         (default key 0); a log line names them.
       rng: key for the layers VGG16 does not provide (simple geometry only).
 
@@ -304,7 +311,7 @@ def vgg16_variables_from_state_dict(
     if width is None:
         width = _width_from(state, f"{fc6_vgg}.bias")
     slots = _slots(name, num_classes, width, learnable_upsampling, geometry)
-    fresh = simple_models.FRESH_LAYERS if geometry == "simple" else ()
+    fresh = simple.FRESH_LAYERS if geometry == "simple" else ()
 
     # Messages name tensors as the file does; keys outside the mapping stay distinct from
     # FCN names, so an FCN checkpoint passed here by mistake is rejected, not half-loaded.
@@ -340,7 +347,7 @@ def vgg16_variables_from_state_dict(
         if key not in vgg_slots:
             layer = variables.setdefault(slot.collection, {}).setdefault(slot.layer, {})
             if slot.layer in fresh:
-                layer[slot.leaf] = simple_models.fresh_init(next(keys), slot.leaf, slot.flax_shape)
+                layer[slot.leaf] = simple.fresh_init(next(keys), slot.leaf, slot.flax_shape)
             else:
                 layer[slot.leaf] = jnp.asarray(_head_init(slot))
     if fresh:

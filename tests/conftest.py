@@ -14,6 +14,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CPU settings main.py applies, so the tests run what users run.
+from fcn_jax import xla_setup  # noqa: E402
+
+xla_setup.add_default_xla_flags()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # TFDS leaves empty tmp*tfds folders in the temp dir on every prepare.

@@ -5,6 +5,7 @@ import jax
 import pytest
 
 from fcn_jax import config_checks
+from tests.helpers import tiny_config
 
 CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py") if p.stem != "__init__")
 
@@ -51,8 +52,31 @@ def test_simple_geometry_recipes(name):
 def test_model_geometry_is_validated():
     config = importlib.import_module("configs.fcn8s_atonce").get_config()
     config.model_geometry = "simple"
-    with pytest.raises(ValueError, match="at-once is reference-only"):
+    with pytest.raises(ValueError, match="the simple geometry has"):
         config_checks.validate_config(config)
     config.model_geometry = "course"
-    with pytest.raises(ValueError, match="unknown geometry"):
+    with pytest.raises(ValueError, match="model_geometry='course'"):
         config_checks.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"dataset.preprocessing": "bgr"}, "preprocessing"),
+        ({"dataset.canvas_size": (0, 64)}, "canvas_size"),
+        ({"batch_size": 6}, "batch_size"),  # 4 simulated devices
+        ({"dataset.min_scale": 2.0}, "min_scale"),
+    ],
+)
+def test_bad_data_config_names_the_field(synthetic_data_dir, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        config_checks.validate_data_config(tiny_config(synthetic_data_dir, **overrides))
+
+
+@pytest.mark.parametrize(
+    "batch, explicit, want", [(1, None, 4), (4, None, 4), (5, None, 8), (1, 12, 12)]
+)
+def test_eval_batch_defaults_to_the_train_batch_rounded_to_the_devices(batch, explicit, want):
+    config = tiny_config("unused", batch_size=batch, eval_batch_size=explicit)
+    assert jax.device_count() == 4  # tests/conftest.py
+    assert config_checks.eval_batch_size(config) == want

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fcn_jax import evaluation, metrics, preprocessing, steps
+from fcn_jax import evaluation, metrics, preprocessing, restore, steps
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # one compile per size
@@ -48,7 +48,7 @@ def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(
     weights = str(PARITY / f"{pth}_random.pth")
     scores = evaluation.evaluate_model(config, str(tmp_path), weights_path=weights)
     model = steps.create_model(config, 5)
-    variables = evaluation.load_variables(weights, "fcn8s", config, 5)
+    variables = restore.load_variables(weights, config, "fcn8s")
     want = _own_size_scores(config, variables, model)
     assert all(iou > 0 for iou in want["per_class_iou"])  # every class is predicted
     assert abs(scores["mean_iou"] - want["mean_iou"]) <= 1e-4

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_jax import export, models, preprocessing, steps, weights
+from fcn_jax import export, fast_paths, models, preprocessing, steps, weights
 from tests.helpers import run_python, tiny_config
 
 PTH = pathlib.Path(__file__).parent / "testdata" / "parity" / "fcn8s_random.pth"
@@ -81,10 +81,13 @@ def test_saved_model_matches_model_apply_at_own_size(exported, batch, height, wi
     assert_matches(serving(images=tf.constant(images)), own_size_logits(exported, images))
 
 
-def test_stablehlo_lowers_for_other_platforms_too(exported):
-    model, variables, name, _ = exported
+def test_stablehlo_lowers_for_other_platforms_too(exported, synthetic_data_dir):
+    _, variables, name, _ = exported
+    platforms = ("cpu", "cuda")
+    model = steps.create_model(fixture_config(synthetic_data_dir), 5, platform=platforms)
+    assert model.fast == fast_paths.FastPaths()  # 'auto' for CPU and CUDA: the plain path
     serve = export.serving_function(model, CANVAS, name)
-    artifact = export.export_stablehlo(serve, variables, CANVAS, ("cpu", "cuda"))
+    artifact = export.export_stablehlo(serve, variables, CANVAS, platforms)
     assert artifact.platforms == ("cpu", "cuda")
     images = random_images(2, 30, 40)
     assert_matches(artifact.call(images), own_size_logits(exported, images))

@@ -21,41 +21,47 @@ def test_tricks_and_options():
         assert fast_paths.TRICK_INFO[trick].doc
 
 
-@pytest.mark.parametrize("trick", fast_paths.TRICKS)
-def test_all_and_none_ignore_the_backend(trick):
-    for platforms in (("cpu",), ("cuda",), ("tpu",)):
-        with fast_paths.lowering_for(*platforms):
-            assert fast_paths.enabled("all", trick)
-            assert not fast_paths.enabled("none", trick)
+ALL_ON = fast_paths.FastPaths(**dict.fromkeys(fast_paths.TRICKS, True))
 
 
-@pytest.mark.parametrize("trick", fast_paths.TRICKS)
-def test_auto_is_on_for_cpu_only(trick):
+def test_all_and_none_ignore_the_platform():
+    for platform in ("cpu", "cuda", "tpu", ("cpu", "cuda")):
+        assert fast_paths.resolve("all", platform) == ALL_ON
+        assert fast_paths.resolve("none", platform) == fast_paths.FastPaths()
+
+
+def test_auto_is_on_for_cpu_only():
     assert jax.default_backend() == "cpu"  # the test suite runs on the CPU
-    assert fast_paths.enabled("auto", trick)
+    assert fast_paths.resolve("auto") == fast_paths.resolve("auto", "cpu") == ALL_ON
     for platform in ("cuda", "rocm", "gpu", "tpu"):
-        with fast_paths.lowering_for(platform):
-            assert not fast_paths.enabled("auto", trick)
-    with fast_paths.lowering_for("cpu", "cuda"):  # a trick must win on every platform
-        assert not fast_paths.enabled("auto", trick)
-    assert fast_paths.enabled("auto", trick)  # the context is gone again
+        assert fast_paths.resolve("auto", platform) == fast_paths.FastPaths()
+    # A multi-platform export: a trick must win on every platform.
+    assert fast_paths.resolve("auto", ("cpu", "cuda")) == fast_paths.FastPaths()
 
 
-def test_lowering_for_nests_and_restores():
-    with fast_paths.lowering_for("tpu"):
-        with fast_paths.lowering_for("cpu"):
-            assert fast_paths.target_platforms() == ("cpu",)
-        assert fast_paths.target_platforms() == ("tpu",)
-    assert fast_paths.target_platforms() == ("cpu",)
+def test_get_model_stores_the_choice_for_its_platform():
+    assert models.get_model("fcn8s").fast == ALL_ON
+    assert models.get_model("fcn8s", platform="tpu").fast == fast_paths.FastPaths()
+    simple = models.get_model("fcn8s", geometry="simple", fast_paths="none", platform="cpu")
+    assert simple.fast.names() == ()
+    assert ALL_ON.names() == fast_paths.TRICKS
+
+
+def test_config_field_chooses_the_fast_paths():
+    config = default.get_config()
+    assert config.fast_paths == "auto"
+    for option, want in (("none", fast_paths.FastPaths()), ("all", ALL_ON)):
+        config.fast_paths = option
+        assert steps.create_model(config, 21, platform="tpu").fast == want
 
 
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: fast_paths.enabled("fast", "frame"),
-        lambda: fast_paths.enabled("auto", "winograd"),
-        lambda: fast_paths.lowering_for().__enter__(),
-        lambda: fast_paths.lowering_for("metal").__enter__(),
+        lambda: fast_paths.resolve("fast"),
+        lambda: fast_paths.resolve("auto", ()),
+        lambda: fast_paths.resolve("auto", "metal"),
+        lambda: models.get_model("fcn8s", platform="metal"),
     ],
 )
 def test_bad_arguments_raise(call):
@@ -102,7 +108,8 @@ def _exported_steps(platform: str, option: str = "auto") -> dict[str, str]:
     """StableHLO text of the train and eval steps lowered for `platform`."""
     config = default.get_config()
     config.compute_dtype = "bfloat16"
-    model = steps.create_model(config, 21).clone(fast_paths=option)
+    config.fast_paths = option
+    model = steps.create_model(config, 21, platform=platform)
     image = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), image)
     tx = optim.create_optimizer(config, variables["params"])
@@ -143,15 +150,14 @@ def _exported_steps(platform: str, option: str = "auto") -> dict[str, str]:
         out_shardings=(replicated, sharded),
     )
     train_batch = {k: v for k, v in batch.items() if k != "mask"}
-    with fast_paths.lowering_for(platform):
-        exported = {
-            "train": jax.export.export(train, platforms=(platform,))(
-                spec(state, replicated), spec(train_batch, sharded)
-            ),
-            "eval": jax.export.export(evaluate, platforms=(platform,))(
-                spec(state.variables(), replicated), spec(batch, sharded)
-            ),
-        }
+    exported = {
+        "train": jax.export.export(train, platforms=(platform,))(
+            spec(state, replicated), spec(train_batch, sharded)
+        ),
+        "eval": jax.export.export(evaluate, platforms=(platform,))(
+            spec(state.variables(), replicated), spec(batch, sharded)
+        ),
+    }
     for step in exported.values():
         assert step.platforms == (platform,) and step.nr_devices == 8
     return {name: step.mlir_module() for name, step in exported.items()}

@@ -4,21 +4,22 @@ import numpy as np
 import pytest
 
 from fcn_jax import frame, models
+from fcn_jax.models import reference
 from tests.helpers import random_variables
 
-VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: models.FRAMED_BLOCKS])
+VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS])
 
 
 def test_every_image_size_up_to_2048_gets_a_plan_with_smaller_maps():
     # axis_plan raises if an edge could reach the core anywhere in blocks 1-3.
     for size in range(1, 2049):
-        plan = frame.axis_plan(size, models.CONV1_1_PADDING, VGG16_FRAMED)
-        full_pool1 = -(-(size + 2 * models.CONV1_1_PADDING - 2) // 2)
+        plan = frame.axis_plan(size, reference.CONV1_1_PADDING, VGG16_FRAMED)
+        full_pool1 = -(-(size + 2 * reference.CONV1_1_PADDING - 2) // 2)
         assert plan.after_pool[1][1].size < full_pool1
         # Block 3's output gets back exactly the full pool3 extent (§2.5: ceil((H + 198) / 8)).
-        assert plan.after_pool[3][1].size == -(-(size + 2 * models.CONV1_1_PADDING - 2) // 8)
+        assert plan.after_pool[3][1].size == -(-(size + 2 * reference.CONV1_1_PADDING - 2) // 8)
         # Planned once per size: tracing a model again does not plan again.
-        assert frame.axis_plan(size, models.CONV1_1_PADDING, VGG16_FRAMED) is plan
+        assert frame.axis_plan(size, reference.CONV1_1_PADDING, VGG16_FRAMED) is plan
 
 
 def test_resize_runs_drops_and_copies_run_rows_only():
@@ -37,21 +38,21 @@ def test_resize_runs_drops_and_copies_run_rows_only():
     "model_name, height, width",
     [("fcn8s", 1, 1), ("fcn8s", 37, 45), ("fcn8s", 64, 33), ("fcn32s", 26, 27)],
 )
-def test_skipping_the_frame_changes_no_output_or_gradient(monkeypatch, model_name, height, width):
-    model = models.get_model(model_name, num_classes=3, width=1 / 16)
+def test_skipping_the_frame_changes_no_output_or_gradient(model_name, height, width):
+    framed = models.get_model(model_name, num_classes=3, width=1 / 16, fast_paths="all")
     x = jax.random.normal(jax.random.key(0), (1, height, width, 3))
-    variables = random_variables(model, seed=2)
+    variables = random_variables(framed, seed=2)
 
-    def logits_and_grads():
+    def logits_and_grads(model):
         def loss(params):
             logits = model.apply({**variables, "params": params}, x)
             return jnp.sum(jnp.sin(logits)), logits
 
         return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-    grads, logits = logits_and_grads()
-    monkeypatch.setattr(models, "FRAMED_BLOCKS", 0)  # the full maps of the reference
-    want_grads, want_logits = logits_and_grads()
+    grads, logits = logits_and_grads(framed)
+    # The full maps of the reference, every other trick the same.
+    want_grads, want_logits = logits_and_grads(framed.clone(framed_blocks=0))
     np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))

@@ -1,4 +1,3 @@
-import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,20 +73,6 @@ def test_preprocessing_maths():
         preprocessing.normalize(pixel, "bgr")
 
 
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        ({"dataset.preprocessing": "bgr"}, "preprocessing"),
-        ({"dataset.canvas_size": (0, 64)}, "canvas_size"),
-        ({"batch_size": 6}, "batch_size"),  # 4 simulated devices
-        ({"dataset.min_scale": 2.0}, "min_scale"),
-    ],
-)
-def test_bad_data_config_names_the_field(synthetic_data_dir, overrides, field):
-    with pytest.raises(ValueError, match=field):
-        input_pipeline.validate_config(tiny_config(synthetic_data_dir, **overrides))
-
-
 def test_sizes_follow_scaling_cropping_and_flipping(synthetic_data_dir):
     plain = tiny_config(synthetic_data_dir, **{"dataset.augment": False})
     augmented = tiny_config(
@@ -115,12 +100,3 @@ def test_sizes_follow_scaling_cropping_and_flipping(synthetic_data_dir):
         assert np.all(image[h:] == 0) and np.all(label[h:] == 255)
         assert np.all(image[:, w:] == 0) and np.all(label[:, w:] == 255)
         assert np.any(label[:h, :w] != 255)
-
-
-@pytest.mark.parametrize(
-    "batch, explicit, want", [(1, None, 4), (4, None, 4), (5, None, 8), (1, 12, 12)]
-)
-def test_eval_batch_defaults_to_the_train_batch_rounded_to_the_devices(batch, explicit, want):
-    config = tiny_config("unused", batch_size=batch, eval_batch_size=explicit)
-    assert jax.device_count() == 4  # tests/conftest.py
-    assert input_pipeline.eval_batch_size(config) == want

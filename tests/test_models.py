@@ -5,6 +5,7 @@ import pytest
 from flax import traverse_util
 
 from fcn_jax import models
+from fcn_jax.models import common, reference
 from tests.helpers import random_variables
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
@@ -53,13 +54,13 @@ def _layer_output_shapes(model, height, width):
     return {k: v["__call__"][0].shape[1:3] for k, v in layers.items()}
 
 
-@pytest.mark.parametrize("framed_blocks", [0, models.FRAMED_BLOCKS])
-def test_intermediate_geometry_matches_reference_table_for_375x500(monkeypatch, framed_blocks):
+@pytest.mark.parametrize("framed_blocks", [0, reference.FRAMED_BLOCKS])
+def test_intermediate_geometry_matches_reference_table_for_375x500(framed_blocks):
     # docs/reference.md §2.5 worked example, 375 x 500 column. With the constant frame skipped
     # (fcn_jax.frame) blocks 1-3 run on smaller maps, and from pool3 on every map is the
     # reference's again.
-    monkeypatch.setattr(models, "FRAMED_BLOCKS", framed_blocks)
-    shapes = _layer_output_shapes(models.get_model("fcn8s"), 375, 500)
+    model = models.get_model("fcn8s", fast_paths="all").clone(framed_blocks=framed_blocks)
+    shapes = _layer_output_shapes(model, 375, 500)
     if framed_blocks:
         assert shapes["conv1_2"][0] < 573 and shapes["conv1_2"][1] < 698
         assert shapes["conv3_3"][0] < 144 and shapes["conv3_3"][1] < 175
@@ -147,13 +148,13 @@ def test_score_layers_start_at_zero_and_upsampling_is_bilinear():
 @pytest.mark.parametrize("stride", [2, 8, 16, 32])
 def test_frozen_bilinear_conv_transpose_interpolates_bilinearly(stride):
     channels, n = 2, 9
-    layer = models._FrozenConvTranspose(
+    layer = common.FrozenConvTranspose(
         channels,
         (2 * stride, 2 * stride),
         strides=(stride, stride),
         padding="VALID",
         use_bias=False,
-        kernel_init=models._bilinear_init,
+        kernel_init=common.bilinear_init,
     )
     x = jax.random.normal(jax.random.key(0), (1, n, n, channels))
     variables = layer.init(jax.random.key(1), x)

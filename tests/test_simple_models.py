@@ -1,4 +1,4 @@
-"""Tests for the course-notes geometry (fcn_jax/simple_models.py) and its weights.
+"""Tests for the course-notes geometry (fcn_jax/models/simple.py) and its weights.
 
 Parity fixtures `simple_*` in tests/testdata/parity/ come from
 tools/make_simple_parity_fixtures.py (PyTorch model in tools/torch_simple_reference.py, width
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import models, simple_models, weights
+from fcn_jax import models, weights
+from fcn_jax.models import simple
 
 DATA = pathlib.Path(__file__).parent / "testdata" / "parity"
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
@@ -156,7 +157,7 @@ def test_other_sizes_are_padded_to_a_multiple_of_32_and_cropped_back(hw):
     x = jax.random.normal(jax.random.key(2), (1, *hw, 3))
     out = model.apply(variables, x)
     assert out.shape == (1, *hw, 3)
-    padded = [simple_models.padded_side(s) for s in hw]
+    padded = [simple.padded_side(s) for s in hw]
     x_padded = jnp.pad(x, ((0, 0), (0, padded[0] - hw[0]), (0, padded[1] - hw[1]), (0, 0)))
     expected = model.apply(variables, x_padded)[:, : hw[0], : hw[1]]
     np.testing.assert_allclose(out, expected, atol=1e-6 * float(jnp.abs(expected).max()))
@@ -202,8 +203,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_get_model_geometry_dispatch_and_errors():
     assert isinstance(models.get_model("fcn8s"), models.FCN)
-    assert isinstance(models.get_model("fcn8s", geometry="simple"), simple_models.SimpleFCN)
-    with pytest.raises(ValueError, match="at-once is reference-only"):
+    assert isinstance(models.get_model("fcn8s", geometry="simple"), models.SimpleFCN)
+    with pytest.raises(ValueError, match="reference geometry only"):
         models.get_model("fcn8s_atonce", geometry="simple")
     with pytest.raises(ValueError, match="unknown geometry 'course'"):
         models.get_model("fcn8s", geometry="course")

@@ -109,7 +109,7 @@ def test_one_sgd_step_updates_each_parameter_group_as_the_reference(synthetic_da
 class _WithoutDropout:
     """The FCN run as in evaluation (no dropout), so micro-batches can match a big batch."""
 
-    def __init__(self, model: models.FCN):
+    def __init__(self, model: models.FCNModel):
         self.model = model
 
     def apply(self, variables, *args, **kwargs):

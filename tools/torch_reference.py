@@ -36,7 +36,7 @@ VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 
 
 def scaled_channels(channels: int, width: float) -> int:
-    """Channel count under a width multiplier; the same rounding as fcn_jax.models.FCN."""
+    """Channel count under a width multiplier; the rounding of FCNModel.channels."""
     return max(1, int(round(channels * width)))
 
 

@@ -1,7 +1,7 @@
-"""The course-notes FCN: a simplified geometry of FCN-32s/16s/8s on VGG16 (issue #14).
+"""The course-notes FCN: a simplified geometry of FCN-32s/16s/8s on VGG16.
 
 Many people first meet FCN in course notes that simplify the paper's Caffe model
-(docs/reference.md §2 describes that reference geometry, `fcn_jax.models.FCN`):
+(docs/reference.md §2 describes that reference geometry, `fcn_jax.models.reference.FCN`):
 
 * the VGG16 convolutions pad by 1 everywhere (no 100-pixel padding of conv1_1) and the 2x2
   max pooling needs no ceil rounding, because every side is a multiple of 32;
@@ -26,24 +26,22 @@ rest of the canvas reaches the image. The pooling windows never straddle an exte
 extent is even), and fc6, fc7 and the score layers are 1x1.
 
 Variables live in `params` and, for the frozen bilinear deconvolutions, `upsampling`, exactly
-as in the reference family (`fcn_jax.models`).
+as in the reference family (`fcn_jax.models.common`).
 
-Example:
-    model = get_model("fcn8s", num_classes=21, geometry="simple")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    logits = model.apply(variables, images, sizes=sizes)  # (N, H, W, 21)
+Build one with `fcn_jax.models.get_model(name, num_classes, geometry="simple")`.
 """
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax import fast_paths, models
-from fcn_jax.layers import SubpixelConvTranspose, zero_beyond
+from fcn_jax.layers import zero_beyond
+from fcn_jax.models.common import DROPOUT_RATE, FC_CHANNELS, VGG16_BLOCKS, FCNModel
 
 # Every side is padded to a multiple of this: the output stride of pool5.
 MULTIPLE = 32
@@ -54,9 +52,6 @@ MULTIPLE = 32
 # 1 / fan-in) would halve their variance at each. Biases start at zero.
 FRESH_LAYERS = ("fc6", "fc7")
 FC_KERNEL_INIT = nn.initializers.he_normal()
-
-_FrozenConvTranspose = models._frozen_params(nn.ConvTranspose)
-_FrozenSubpixelConvTranspose = models._frozen_params(SubpixelConvTranspose)
 
 
 def fresh_init(key: jax.Array, leaf: str, shape: tuple[int, ...]) -> jax.Array:
@@ -71,32 +66,12 @@ def padded_side(side: int) -> int:
     return MULTIPLE * math.ceil(side / MULTIPLE)
 
 
-class SimpleFCN(nn.Module):
+class SimpleFCN(FCNModel):
     """The course-notes FCN (module docstring), with a 32s, 16s or 8s head chosen by `stride`.
 
-    Attributes:
-      num_classes: number of output classes (21 for PASCAL VOC).
-      stride: 32, 16 or 8: FCN-32s, FCN-16s or FCN-8s.
-      width: backbone channel multiplier (1.0 = VGG16), rounded as in `fcn_jax.models.FCN`.
-      learnable_upsampling: train the deconvolution kernels; when False (the default) they
-        live in the `upsampling` collection and stay bilinear.
-      dtype: compute dtype; parameters and the returned logits stay float32.
-      fast_paths: 'auto' | 'all' | 'none' (`fcn_jax.fast_paths`). Of its tricks only
-        'subpixel' applies to this geometry: the deconvolutions as sub-pixel convolutions
-        (`fcn_jax.layers.SubpixelConvTranspose`, the same values as `nn.ConvTranspose`
-        without multiplying the zeros a strided transposed convolution inserts). Otherwise
-        the plain `nn.ConvTranspose` runs.
+    Its attributes are those of `FCNModel`. Of the speed tricks (`fast`) only `subpixel`
+    applies to this geometry: the deconvolutions as sub-pixel convolutions.
     """
-
-    num_classes: int = 21
-    stride: int = 8
-    width: float = 1.0
-    learnable_upsampling: bool = False
-    dtype: Any = jnp.float32
-    fast_paths: str = "auto"
-
-    def _channels(self, channels: int) -> int:
-        return max(1, int(round(channels * self.width)))
 
     def _conv(self, features: int, size: int, name: str, **kwargs: Any) -> nn.Conv:
         return nn.Conv(
@@ -114,18 +89,18 @@ class SimpleFCN(nn.Module):
     ) -> dict[str, jax.Array]:
         """VGG16 with padding 1 and 2x2 pooling, then the 1x1 fc6/fc7; pool3, pool4, fc7."""
         pools = {}
-        for block, num_convs, channels in models.VGG16_BLOCKS:
+        for block, num_convs, channels in VGG16_BLOCKS:
             level = extents if extents is None else extents // 2 ** (block - 1)
             for i in range(1, num_convs + 1):
                 if (block, i) != (1, 1):  # conv1_1's input is masked by the caller
                     x = zero_beyond(x, level)
-                x = nn.relu(self._conv(self._channels(channels), 3, f"conv{block}_{i}")(x))
+                x = nn.relu(self._conv(self.channels(channels), 3, f"conv{block}_{i}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
             pools[block] = x
         for name in FRESH_LAYERS:
-            fc = self._conv(self._channels(models.FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
+            fc = self._conv(self.channels(FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
             x = nn.relu(fc(x))
-            x = nn.Dropout(models.DROPOUT_RATE, deterministic=not train)(x)
+            x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
 
     def _score(self, name: str) -> nn.Conv:
@@ -144,23 +119,8 @@ class SimpleFCN(nn.Module):
           extents: the examples' padded extents in input pixels, or None.
           stride: the stride of `x`.
         """
-        subpixel = fast_paths.enabled(self.fast_paths, "subpixel")
-        if self.learnable_upsampling:
-            cls = SubpixelConvTranspose if subpixel else nn.ConvTranspose
-        else:
-            cls = _FrozenSubpixelConvTranspose if subpixel else _FrozenConvTranspose
         x = zero_beyond(x, extents if extents is None else extents // stride)
-        up = cls(
-            self.num_classes,
-            (2 * factor, 2 * factor),
-            strides=(factor, factor),
-            padding="VALID",
-            use_bias=False,
-            kernel_init=models._bilinear_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name=name,
-        )(x)
+        up = self.upsampling_layer(factor, name)(x)
         # VALID gives (n - 1) f + 2f; PyTorch's padding f/2 drops f/2 from each side.
         crop = factor // 2
         return up[:, crop : up.shape[1] - crop, crop : up.shape[2] - crop]
@@ -182,9 +142,7 @@ class SimpleFCN(nn.Module):
         Returns:
           float32 logits (N, H, W, num_classes).
         """
-        if self.stride not in (8, 16, 32):
-            raise ValueError(f"SimpleFCN stride must be 8, 16 or 32, got {self.stride}")
-        fast_paths.check_option(self.fast_paths)
+        self.check_stride()
         height, width = images.shape[1:3]
         x = images.astype(self.dtype)
         x = jnp.pad(
@@ -212,37 +170,8 @@ class SimpleFCN(nn.Module):
         return out[:, :height, :width].astype(jnp.float32)
 
 
-MODELS = {
+VARIANTS: dict[str, Callable[..., SimpleFCN]] = {
     "fcn32s": functools.partial(SimpleFCN, stride=32),
     "fcn16s": functools.partial(SimpleFCN, stride=16),
     "fcn8s": functools.partial(SimpleFCN, stride=8),
 }
-
-OPTIONS = ("width", "dtype", "learnable_upsampling", "fast_paths")
-
-
-def get_model(name: str, num_classes: int = 21, **options: Any) -> SimpleFCN:
-    """Returns the simple-geometry variant `name`; `fcn_jax.models.get_model` calls this.
-
-    Args:
-      name: `fcn32s`, `fcn16s` or `fcn8s` (at-once belongs to the reference geometry).
-      num_classes: number of output classes.
-      **options: `width`, `dtype`, `learnable_upsampling`, `fast_paths` (`SimpleFCN`).
-
-    Raises:
-      ValueError: for an unknown name or option, or a bad value.
-    """
-    if name not in MODELS:
-        raise ValueError(
-            f"model {name!r} has no simple geometry (FCN-8s at-once is reference-only); "
-            f"choose one of {sorted(MODELS)}"
-        )
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown model option(s) {sorted(unknown)}; allowed: {OPTIONS}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if options.get("width", 1.0) <= 0:
-        raise ValueError(f"width must be > 0, got {options['width']}")
-    fast_paths.check_option(options.get("fast_paths", "auto"))
-    return MODELS[name](num_classes=num_classes, **options)
