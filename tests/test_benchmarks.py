@@ -75,6 +75,7 @@ def test_bad_arguments_are_named(argument, message, capsys):
     assert message in usage_error(benchmark_steps.main, argument.split(), capsys)
 
 
+@pytest.mark.slow
 def test_eval_step_row():
     result = _steps("--sizes=16x16", "--modes=eval", "--steps=2")
     assert result.returncode == 0, result.stderr
@@ -86,6 +87,7 @@ def test_eval_step_row():
     assert median > 0 and images_per_s == pytest.approx(1 / median, rel=0.02)
 
 
+@pytest.mark.slow
 def test_simple_geometry_eval_step_row():
     result = _steps("--sizes=32x64", "--modes=eval", "--steps=2", "--geometries=simple")
     assert result.returncode == 0, result.stderr

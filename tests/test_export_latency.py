@@ -24,6 +24,7 @@ def test_bad_arguments_are_refused(argument, message, capsys):
     assert message in usage_error(export_latency.main, [argument], capsys)
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_every_runtime_and_the_artifact_sizes():
     result = _run("--width=0.03125", "--canvas=16x16", "--size=16x12", "--runs=1", "--batch=2")
     assert result.returncode == 0, result.stderr

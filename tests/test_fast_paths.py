@@ -69,6 +69,7 @@ def test_bad_arguments_raise(call):
         call()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"])
 def test_all_tricks_compute_what_the_plain_path_computes(name):
     # 'none' is the plain path of docs/reference.md, the oracle; an odd size exercises the

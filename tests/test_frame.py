@@ -34,6 +34,7 @@ def test_resize_runs_drops_and_copies_run_rows_only():
         frame.resize_runs(x, 1, have, frame.AxisLayout(1, 4, 4, 1, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_name, height, width",
     [("fcn8s", 1, 1), ("fcn8s", 37, 45), ("fcn8s", 64, 33), ("fcn32s", 26, 27)],

@@ -217,6 +217,7 @@ def test_fused_pool_gradient_in_bfloat16_is_as_accurate_as_xla():
     assert ours <= 1.05 * xla, (ours, xla)
 
 
+@pytest.mark.slow
 def test_subpixel_gradients_in_bfloat16_are_as_accurate_as_xla():
     x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
     options = _conv_transpose_options(8)

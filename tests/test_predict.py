@@ -10,6 +10,7 @@ from fcn_jax import evaluation, models, predict, preprocessing, steps, train
 from tests.helpers import random_variables, tiny_config
 
 
+@pytest.mark.slow
 def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir):
     workdir = tmp_path / "run"
     config = tiny_config(synthetic_data_dir, num_train_steps=2, eval_every_steps=2)
@@ -35,6 +36,7 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir)
         evaluation.predict_images(config, str(workdir), None, [str(tmp_path / "*.tif")], str(out))
 
 
+@pytest.mark.slow
 def test_predict_batches_sizes_on_canvases_with_own_size_results(tmp_path):
     # Three images share a 128 x 128 canvas, one larger than the largest canvas runs alone;
     # every mask is the argmax of that image's own-size forward pass.

@@ -187,6 +187,7 @@ def test_command_on_8_devices(command, workspace):
     assert 0 <= scores[-1]["mean_iou"] <= 1
 
 
+@pytest.mark.slow
 def test_reference_batch_of_one_stops_early_on_8_devices(workspace):
     command = _local(MAIN_COMMANDS[1], workspace["data_dir"])
     assert "configs/fcn32s.py" in command

@@ -8,6 +8,7 @@ from fcn_jax import input_pipeline, losses, models, steps
 from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step(synthetic_data_dir):
     config = tiny_config(synthetic_data_dir)
     model = steps.create_model(config, 5)
