@@ -10,6 +10,7 @@ from tests.helpers import random_variables
 VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS])
 
 
+@pytest.mark.slow
 def test_every_image_size_up_to_2048_gets_a_plan_with_smaller_maps():
     # axis_plan raises if an edge could reach the core anywhere in blocks 1-3.
     for size in range(1, 2049):

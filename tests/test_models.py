@@ -200,6 +200,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(train_a, eval_a)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     f32 = models.get_model("fcn16s", num_classes=3, width=TINY)
     bf16 = models.get_model("fcn16s", num_classes=3, width=TINY, dtype=jnp.bfloat16)

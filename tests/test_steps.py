@@ -118,6 +118,7 @@ class _WithoutDropout:
         return self.model.apply(variables, *args, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradient_accumulation_equals_one_big_batch(synthetic_data_dir, reduction):
     # Real batches of the pipeline: void boundaries and canvas padding give each image its

@@ -138,6 +138,7 @@ def test_rerun_of_a_finished_workdir_returns_its_final_scores(trained_workdir, s
     assert pathlib.Path(workdir, "eval_results.jsonl").read_text() == lines_before
 
 
+@pytest.mark.slow
 def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
     config = tiny_config(synthetic_data_dir)
     trainer = train.Trainer(config, str(tmp_path))
