@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 from benchmarks import flops
 from benchmarks.steps import NUM_CLASSES, PEAK_TFLOPS, _jax_variables
 from configs import default
-from fcn_jax import fast_paths, layers, models, optim, steps, xla_setup
+from fcn_jax import fast_paths, layers, optim, steps, xla_setup
+from fcn_jax.models import reference
 
 MODEL = "fcn8s"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -102,14 +103,14 @@ def op_cases(
 ) -> list[tuple[str, Callable, Callable, tuple]]:
     """(name, trick, plain, inputs) at the shapes of an unframed FCN-8s step at `size`."""
     c64, c512, c4096 = (max(1, round(c * width)) for c in (64, 512, 4096))
-    conv1 = size + 2 * models.CONV1_1_PADDING - 2  # conv1_2's output
+    conv1 = size + 2 * reference.CONV1_1_PADDING - 2  # conv1_2's output
     pool5 = -(-conv1 // 32)  # after five ceil-mode poolings
     keys = iter(jax.random.split(jax.random.key(0), 8))
 
     def normal(*shape, fan_in=1):
         return jax.random.normal(next(keys), shape) / np.sqrt(fan_in)
 
-    pad = models.CONV1_1_PADDING
+    pad = reference.CONV1_1_PADDING
     return [
         ("fused_pool: pool1", *_pool_pair(), (normal(batch, conv1, conv1, c64),)),
         ("matmul_grads: conv1_1", *_conv_pair(((pad, pad), (pad, pad))),

@@ -36,7 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.name = "voc_segmentation/sbd"  # train on SBD train (§4.4)
     config.dataset.eval_name = "voc_segmentation/voc2012"  # ...evaluate on seg11valid
     config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+    # For voc_segmentation: where the VOC/SBD archives are. For segmentation_folder: the
+    # user's folder of images and masks (configs/custom.py, docs/own_data.md).
     config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)
+    # segmentation_folder without a val list: the fraction held out for validation.
+    config.dataset.val_fraction = 0.1
     config.dataset.train_split = "train"
     config.dataset.eval_split = "seg11valid"
     config.dataset.preprocessing = "caffe"  # BGR, 0-255, minus the mean (§4.4)

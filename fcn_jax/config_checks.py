@@ -100,6 +100,23 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         )
     if data.shuffle_buffer < 1:
         raise ValueError(f"config.dataset.shuffle_buffer={data.shuffle_buffer} must be >= 1")
+    if "segmentation_folder" in (data.name, data.get("eval_name")):
+        _validate_folder_fields(data)
+
+
+def _validate_folder_fields(data: ml_collections.ConfigDict) -> None:
+    """A user's folder (fcn_jax/datasets/segmentation_folder.py) needs its path.
+
+    Whether the folder (or the data prepared from it) is there is checked when the dataset is
+    opened (`segmentation_folder.validate_source`): that needs TensorFlow Datasets.
+    """
+    if not data.manual_dir:
+        raise ValueError(
+            "config.dataset.manual_dir is not set: segmentation_folder reads your folder of "
+            "images and masks; pass --config.dataset.manual_dir=PATH (docs/own_data.md)."
+        )
+    if not 0 <= data.val_fraction < 1:
+        raise ValueError(f"config.dataset.val_fraction={data.val_fraction} must be in [0, 1)")
 
 
 def eval_batch_size(config: ml_collections.ConfigDict) -> int:

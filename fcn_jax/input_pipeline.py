@@ -30,8 +30,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-import fcn_jax.datasets  # noqa: F401  (registers the builders)
 from fcn_jax.config_checks import eval_batch_size, validate_data_config
+from fcn_jax.datasets import segmentation_folder  # importing the package registers the builders
 from fcn_jax.losses import VOID
 
 
@@ -41,23 +41,33 @@ def _builder(
     """The TFDS builder `name` (default `config.dataset.name`), prepared on first use."""
     data = config.dataset
     name = name or data.name
-    _prepare_once(name, data.data_dir, data.manual_dir)
+    if name == segmentation_folder.NAME:
+        segmentation_folder.validate_source(data.manual_dir, data.data_dir, data.val_fraction)
+    _prepare_once(name, data.data_dir, data.manual_dir, data.val_fraction)
+    if name == segmentation_folder.NAME:
+        return segmentation_folder.make_builder(data.manual_dir, data.data_dir, data.val_fraction)
     return tfds.builder(name, data_dir=data.data_dir)
 
 
 @functools.cache
-def _prepare_once(name: str, data_dir: str | None, manual_dir: str | None) -> None:
+def _prepare_once(
+    name: str, data_dir: str | None, manual_dir: str | None, val_fraction: float
+) -> None:
     """Builds dataset `name` if it is missing: process 0 builds while the others wait.
 
     The first use of each dataset is a barrier of all processes, so nobody races on a shared
-    `data_dir` or reads a half-built dataset.
+    `data_dir` or reads a half-built dataset. A user's folder (`segmentation_folder`) is
+    prepared again if it changed since.
     """
     if jax.process_index() == 0:
-        builder = tfds.builder(name, data_dir=data_dir)
-        if not builder.is_prepared():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-            )
+        if name == segmentation_folder.NAME:
+            segmentation_folder.builder(manual_dir, data_dir, val_fraction)
+        else:
+            builder = tfds.builder(name, data_dir=data_dir)
+            if not builder.is_prepared():
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+                )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"fcn_jax: dataset {name} in {data_dir} prepared")
 

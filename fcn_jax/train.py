@@ -36,6 +36,7 @@ from fcn_jax import (
     visualize,
     weights,
 )
+from fcn_jax.datasets import segmentation_folder
 from fcn_jax.weight_files import fetch_weights
 
 # ---------------------------------------------------------------------------- state
@@ -176,7 +177,7 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
     stream and keeps its own slice of each batch (`fcn_jax.input_pipeline`).
     """
     data = config.dataset
-    return {
+    stream = {
         "batch_size": config.batch_size,
         "seed": config.seed,
         "dataset.name": data.name,
@@ -185,6 +186,11 @@ def data_stream(config: ml_collections.ConfigDict) -> dict:
         "dataset.canvas_size": list(data.canvas_size),
         "process_count": jax.process_count(),
     }
+    if data.name == segmentation_folder.NAME:
+        # Which folder, and which of its images are held out for validation.
+        stream["dataset.manual_dir"] = data.manual_dir
+        stream["dataset.val_fraction"] = data.val_fraction
+    return stream
 
 
 def check_data_stream(recorded: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -307,7 +313,7 @@ class Trainer:
                     stop = self._next_sync_step(step)
                     with jax.transfer_guard("disallow"):
                         for k in range(step + 1, stop + 1):
-                            self._advance(next(batches))
+                            self.advance(next(batches))
                             report(k)
                     step = stop
                     scores = self._sync(step, sigterm) or scores
@@ -321,7 +327,7 @@ class Trainer:
         intervals = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
         return min(config.num_train_steps, *(step - step % n + n for n in intervals))
 
-    def _advance(self, batch: dict) -> None:
+    def advance(self, batch: dict) -> None:
         """One train step on a global batch; nothing is copied to the host."""
         self.state, out = self.train_fn(self.state, batch)
         self.health = _update_health(self.health, out["loss"], self.state.step)

@@ -15,11 +15,13 @@ def test_every_config_file_is_listed():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_loads_and_validates(name, synthetic_data_dir):
+def test_config_loads_and_validates(name, synthetic_data_dir, tmp_path):
     config = importlib.import_module(f"configs.{name}").get_config()
     # The reference batch is 1 image; the test machine simulates 4 devices.
     config.batch_size = jax.device_count()  # eval_batch_size: None or a multiple of it
     config.dataset.data_dir = synthetic_data_dir
+    if config.dataset.name == "segmentation_folder":
+        config.dataset.manual_dir = str(tmp_path)  # the check asks for an existing folder
     config_checks.validate_config(config)
     assert config.model in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 

@@ -109,8 +109,17 @@ def test_evaluate_model_from_workdir(trained_workdir, synthetic_data_dir):
 
 
 def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
+    workdir = tmp_path / "run"
     with pytest.raises(ValueError, match="config.model='fcn4s'"):
-        train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(tmp_path))
+        train.train_and_evaluate(tiny_config(synthetic_data_dir, model="fcn4s"), str(workdir))
+    # The reference configs stage from a coarser model: without its path, nothing starts.
+    staged = tiny_config(synthetic_data_dir, **{"init.kind": "stage"})
+    with pytest.raises(ValueError, match="--config.init.path"):
+        train.train_and_evaluate(staged, str(workdir))
+    staged.init.path = str(tmp_path / "no_such_run")
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*no_such_run"):
+        train.train_and_evaluate(staged, str(workdir))
+    assert not workdir.exists()  # refused before the workdir was created
     with pytest.raises(ValueError, match="grad_accum_steps"):
         config_checks.validate_config(tiny_config(synthetic_data_dir, grad_accum_steps=3))
     # Scaling up without cropping could overflow the canvas mid-training.
@@ -143,12 +152,12 @@ def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
     config = tiny_config(synthetic_data_dir)
     trainer = train.Trainer(config, str(tmp_path))
     batches = train.prefetch_to_device(input_pipeline.create_train_iterator(config), trainer.mesh)
-    trainer.step(next(batches))  # compiles
+    trainer.advance(next(batches))  # compiles
     # Between log steps the loop only dispatches: any device-to-host (or implicit
     # host-to-device) transfer would raise here.
     with jax.transfer_guard("disallow"):
         for _ in range(3):
-            trainer.step(next(batches))
+            trainer.advance(next(batches))
     assert int(trainer.state.step) == 4 and bool(trainer.health["finite"])
 
 

@@ -23,12 +23,13 @@ def test_default_flags_added_and_user_flags_kept():
     assert "--xla_cpu_copy_insertion_use_region_analysis=true" in flags
 
 
-def test_importing_fcn_jax_sets_flags_that_xla_accepts():
-    # A fresh interpreter: XLA must start with the flags (an unknown flag would abort it).
+def test_the_default_flags_are_accepted_by_xla():
+    # A fresh interpreter, as main.py starts: XLA must start with the flags (an unknown flag
+    # would abort it).
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     code = (
-        "import os, fcn_jax, jax; jax.numpy.ones(2).block_until_ready(); "
-        "print(os.environ['XLA_FLAGS'])"
+        "import os; from fcn_jax import xla_setup; xla_setup.add_default_xla_flags(); "
+        "import jax; jax.numpy.ones(2).block_until_ready(); print(os.environ['XLA_FLAGS'])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

@@ -11,6 +11,7 @@ Splits: `train` (800 images) and `validation` (160), identical on every build.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fcn_jax.datasets import features
 from fcn_jax.losses import VOID
 
 CLASS_NAMES = ("background", "disk", "box", "triangle", "ring")
@@ -101,15 +102,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation_mask": tfds.features.Tensor(
-                        shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
+            features=features.segmentation_features(),
             metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
         )
 

@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from fcn_jax.datasets import features, images
 from fcn_jax.losses import VOID
 
 CLASS_NAMES = (
@@ -148,15 +149,7 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         """Returns the dataset metadata."""
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                    "segmentation_mask": tfds.features.Tensor(
-                        shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-                    ),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
+            features=features.segmentation_features(),
             supervised_keys=("image", "segmentation_mask"),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
             metadata=tfds.core.MetadataDict(
@@ -194,7 +187,7 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, items: Sequence[_Item]) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yields (id, example) for each item, after checking image and mask."""
         for item in items:
-            image_bytes, (height, width) = _read_image(item.image)
+            image_bytes, (height, width) = images.read_image(item.image)
             mask = _read_mask(item.mask, item.mask_format)
             if mask.shape != (height, width):
                 raise ValueError(
@@ -365,32 +358,6 @@ def _check_files_exist(items: Sequence[_Item]) -> None:
         raise FileNotFoundError(
             f"{len(missing)} file(s) of ids in the split lists do not exist:\n  {shown}{more}"
         )
-
-
-def _read_image(path: epath.Path) -> tuple[bytes, tuple[int, int]]:
-    """Decodes the image fully (catching corrupt or truncated files).
-
-    Args:
-      path: The JPEG file.
-
-    Returns:
-      The bytes to store (the original file when it is an RGB image, else a PNG of its RGB
-      conversion) and (height, width).
-
-    Raises:
-      ValueError: the file cannot be decoded completely.
-    """
-    data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode != "RGB" or image.format not in ("JPEG", "PNG"):
-                buffer = io.BytesIO()
-                image.convert("RGB").save(buffer, format="PNG")
-                data = buffer.getvalue()
-            return data, (image.height, image.width)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Image {path} is corrupt or truncated: {e}") from e
 
 
 def _read_mask(path: epath.Path, mask_format: str) -> np.ndarray:
