@@ -1,11 +1,12 @@
 """Every command of README.md and of the docs/ pages, run as on an 8-device host.
 
 The commands are read from the pages' bash blocks, so the test follows the text. Each distinct
-`main.py` command runs once, in page order (README first, so the reference stages chain), in
-a subprocess (the suite itself simulates 4 devices in-process, these 8) on the offline
-`synthetic_shapes` dataset, tiny and short: the same overrides are appended to every command,
-VOC data is swapped for the synthetic set and the VGG16 download for a random start. Every
-other command is listed in NOT_RUN with the reason and what tests it instead.
+`main.py` command runs once, in page order (README first, so the reference stages chain; a
+page's commands chain too), in a subprocess (the suite itself simulates 4 devices in-process,
+these 8), offline, tiny and short: the same overrides are appended to every command, VOC data
+is swapped for the `synthetic_shapes` set and the VGG16 download for a random start, and
+`/tmp/` becomes the test's own folder. The tools in RUN_AS_IS run as written. Every other
+command is listed in NOT_RUN with the reason and what tests it instead.
 """
 
 import json
@@ -80,6 +81,8 @@ def all_commands() -> list[str]:
     return list(dict.fromkeys(c for page in PAGES for c in page_commands(page)))
 
 
+# Commands that run offline in seconds, by their start: run as written (but for /tmp/).
+RUN_AS_IS = ("python tools/make_custom_datasets.py",)
 # main.py commands the suite runs otherwise, by a part of them, and why.
 NOT_RUN_MAIN = {
     "--coordinator_address=": "several hosts: tests/test_multihost.py runs 2 processes locally",
@@ -88,18 +91,21 @@ NOT_RUN_MAIN = {
 MAIN_COMMANDS = [
     c for c in all_commands() if " main.py " in c and not any(part in c for part in NOT_RUN_MAIN)
 ]
+RUN_COMMANDS = [c for c in all_commands() if c in MAIN_COMMANDS or c.startswith(RUN_AS_IS)]
 
 
 def test_every_command_is_run_or_has_a_reason():
     for command in all_commands():
         skipped = any(part in command for part in NOT_RUN_MAIN)
-        assert " main.py " in command or skipped or any(map(command.startswith, NOT_RUN)), command
+        run = command in RUN_COMMANDS or skipped or command.startswith(tuple(NOT_RUN))
+        assert run, f"{command}: run it here, or say in NOT_RUN why not"
     modes = sorted(
         re.search(r"--mode=(\w+)", c)[1] if "--mode" in c else "train" for c in MAIN_COMMANDS
     )
-    # README: quickstart, 3 reference stages, Colab; docs: the course-notes quickstart, the
-    # quickstart on the plain path (cpu_speed.md)
-    assert modes == ["eval", "export", "predict"] + ["train"] * 7
+    # README: quickstart, 3 reference stages, Colab, eval, predict, export; docs: the
+    # course-notes quickstart, the quickstart on the plain path (cpu_speed.md), training on a
+    # folder and its eval, predict and export (own_data.md)
+    assert modes == ["eval"] * 2 + ["export"] * 2 + ["predict"] * 2 + ["train"] * 8
 
 
 def test_ci_runs_the_readme_test_command():
@@ -109,17 +115,22 @@ def test_ci_runs_the_readme_test_command():
     assert [line for line in ci if " -m pytest" in line] == readme
 
 
-def _local(command: str, data_dir: str) -> str:
-    """The page's command made to run offline, tiny, in the current folder."""
-    config = re.search(r"--config=configs/(\w+)\.py", command)[1]
+def _local(command: str, workspace: dict) -> str:
+    """The page's command made to run offline, tiny, in the workspace folder."""
+    as_is = command.startswith(RUN_AS_IS)
+    command = command.replace("/tmp/", f"{workspace['folder']}/")
     command = re.sub(
-        r"^\S*python3? main\.py", f"{shlex.quote(sys.executable)} {ROOT}/main.py", command
+        r"^\S*python3? (main\.py|tools/)", rf"{shlex.quote(sys.executable)} {ROOT}/\1", command
     )
+    if as_is:
+        return command
+    config = re.search(r"--config=configs/(\w+)\.py", command)[1]
     command = command.replace("--config=configs/", f"--config={ROOT}/configs/")
-    command = command.replace("gs://BUCKET/", "bucket/").replace("--workdir=/tmp/", "--workdir=")
-    command = re.sub(r" --config\.dataset\.(manual_dir|data_dir)=\S+", "", command)
-    extra = [*TINY, f"--config.dataset.data_dir={data_dir}"]
-    if not config.startswith("quickstart"):  # VOC configs
+    command = command.replace("gs://BUCKET/", "bucket/")
+    if config != "custom":  # custom reads its folder: manual_dir stays
+        command = re.sub(r" --config\.dataset\.(manual_dir|data_dir)=\S+", "", command)
+    extra = [*TINY, f"--config.dataset.data_dir={workspace['data_dir']}"]
+    if config not in ("quickstart", "quickstart_simple", "custom"):  # VOC configs
         extra += SYNTHETIC_FOR_VOC
         if config in ("fcn32s", "fcn8s_atonce") and "--mode" not in command:
             extra.append("--config.init.kind=random")  # no VGG16 download offline
@@ -167,18 +178,28 @@ def _workdir(command: str, workspace: dict) -> pathlib.Path:
     return workspace["folder"] / re.search(r"--workdir=(\S+)", command)[1]
 
 
+def _flag_path(command: str, flag: str, workspace: dict, default: pathlib.Path) -> pathlib.Path:
+    """The folder a path flag of `command` names (relative to the workspace), or `default`."""
+    value = re.search(rf"--{flag}=(\S+)", command)
+    return workspace["folder"] / value[1] if value else default
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", MAIN_COMMANDS)  # in page order: the stages chain
+@pytest.mark.parametrize("command", RUN_COMMANDS)  # in page order: the stages chain
 def test_command_on_8_devices(command, workspace):
-    local = _local(command, workspace["data_dir"])
+    local = _local(command, workspace)
     result = _run(local, workspace)
     assert result.returncode == 0, f"{local}\n{result.stderr[-3000:]}"
+    if " main.py " not in command:
+        return
     workdir = _workdir(local, workspace)
     if "--mode=predict" in command:
-        assert sorted(p.name for p in (workspace["folder"] / "out").glob("*.png"))
+        out = _flag_path(local, "output_dir", workspace, workdir / "predict")
+        assert sorted(p.name for p in out.glob("*.png"))
         return
     if "--mode=export" in command:
-        assert sorted(os.listdir(workspace["folder"] / "OUT")) == ["model.stablehlo", "saved_model"]
+        out = _flag_path(local, "export_dir", workspace, workdir)
+        assert sorted(os.listdir(out)) == ["model.stablehlo", "saved_model"]
         return
     scores = [
         json.loads(line) for line in (workdir / "eval_results.jsonl").read_text().splitlines()
@@ -189,7 +210,7 @@ def test_command_on_8_devices(command, workspace):
 
 @pytest.mark.slow
 def test_reference_batch_of_one_stops_early_on_8_devices(workspace):
-    command = _local(MAIN_COMMANDS[1], workspace["data_dir"])
+    command = _local(MAIN_COMMANDS[1], workspace)
     assert "configs/fcn32s.py" in command
     result = _run(command.replace(f" --config.batch_size={DEVICES}", ""), workspace)
     assert result.returncode != 0
