@@ -92,6 +92,10 @@ MAIN_COMMANDS = [
     c for c in all_commands() if " main.py " in c and not any(part in c for part in NOT_RUN_MAIN)
 ]
 RUN_COMMANDS = [c for c in all_commands() if c in MAIN_COMMANDS or c.startswith(RUN_AS_IS)]
+# Test ids: the page a command first appears on, and its place in the run.
+RUN_IDS = [
+    f"{next(p for p in PAGES if c in page_commands(p))}:{i}" for i, c in enumerate(RUN_COMMANDS)
+]
 
 
 def test_every_command_is_run_or_has_a_reason():
@@ -129,6 +133,9 @@ def _local(command: str, workspace: dict) -> str:
     command = command.replace("gs://BUCKET/", "bucket/")
     if config != "custom":  # custom reads its folder: manual_dir stays
         command = re.sub(r" --config\.dataset\.(manual_dir|data_dir)=\S+", "", command)
+    for flag in TINY:  # the page's own value goes: a tuple given twice is concatenated
+        name = re.escape(flag.strip("'").split("=")[0])
+        command = re.sub(rf" (?:'{name}=[^']*'|{name}=\S+)", "", command)
     extra = [*TINY, f"--config.dataset.data_dir={workspace['data_dir']}"]
     if config not in ("quickstart", "quickstart_simple", "custom"):  # VOC configs
         extra += SYNTHETIC_FOR_VOC
@@ -185,7 +192,7 @@ def _flag_path(command: str, flag: str, workspace: dict, default: pathlib.Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", RUN_COMMANDS)  # in page order: the stages chain
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=RUN_IDS)  # in page order: stages chain
 def test_command_on_8_devices(command, workspace):
     local = _local(command, workspace)
     result = _run(local, workspace)
