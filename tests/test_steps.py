@@ -54,6 +54,7 @@ def _one_step(config, model, variables, batch) -> tuple[dict, dict, dict]:
     return jax.device_get((state.params, state.frozen, out))
 
 
+@pytest.mark.slow
 def test_one_sgd_step_updates_each_parameter_group_as_the_reference(synthetic_data_dir):
     # Plain SGD with lr 1 gives the gradient g itself; the reference groups must then give
     # weights w - lr (g + wd w), biases b - m lr g (no decay), and leave the frozen

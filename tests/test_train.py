@@ -180,6 +180,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
     assert 1 <= step < 1000  # saved where it stopped, not at a scheduled interval
 
 
+@pytest.mark.slow
 def test_simple_geometry_trains_from_vgg16(synthetic_data_dir, tmp_path):
     # Issue #14: the course-notes geometry end to end, its convs from a (tiny) VGG16 file.
     vgg16 = pathlib.Path(__file__).parent / "testdata" / "parity" / "vgg16_tv.pth"
