@@ -8,6 +8,9 @@ EXPORT_DIR/saved_model/     the same function as a TensorFlow SavedModel (jax2tf
                             stored once as tf.Variables, two signatures:
                               serving_default(images) -> {classes, logits}
                               with_sizes(images, sizes) -> {classes, logits}
+EXPORT_DIR/classes.json     what `classes` i means: {"names": [...], "colors": [[r, g, b],
+                            ...], "ignore_label": 255}, `names[i]` and `colors[i]` for class
+                            i (`fcn_jax.class_info`; written when the classes are given)
 
 `images` are uint8 RGB (N, H, W, 3) with N, H and W free, H and W at most the export canvas
 (`config.dataset.canvas_size`). The function normalises them as the weights expect, places
@@ -17,10 +20,11 @@ those of `model.apply` on the image at its own size, docs/reference.md §2.7) an
 images of different sizes, each padded top-left to the batch's H, W, and their int32
 (height, width) in `sizes` (N, 2); outside each image's own region its outputs mean nothing.
 
-Both files are written to a temporary folder next to EXPORT_DIR that is renamed into place
-only once both are complete, so a failed export leaves no half-written EXPORT_DIR.
+The files are written to a temporary folder next to EXPORT_DIR that is renamed into place
+only once all are complete, so a failed export leaves no half-written EXPORT_DIR.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -34,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from fcn_jax import input_pipeline, preprocessing, restore
+from fcn_jax import class_info, input_pipeline, preprocessing, restore
 
 SAVED_MODEL = "saved_model"
 STABLEHLO = "model.stablehlo"
@@ -151,8 +155,9 @@ def export(
     preprocessing_name: str,
     overwrite: bool = False,
     platforms: Sequence[str] | None = None,
+    classes: class_info.ClassInfo | None = None,
 ) -> dict[str, str]:
-    """Writes EXPORT_DIR/model.stablehlo and EXPORT_DIR/saved_model/ (see the module doc).
+    """Writes model.stablehlo, saved_model/ and classes.json in EXPORT_DIR (module doc).
 
     Args:
       model: the FCN, built for `platforms` (`fcn_jax.models.get_model(..., platform=...)`).
@@ -163,9 +168,10 @@ def export(
       overwrite: replace a non-empty `export_dir` (only once the new export is complete).
       platforms: `jax.export` platforms to lower for (e.g. ('cpu', 'cuda')); default the
         backend this runs on.
+      classes: the names and colours of the model's classes, or None.
 
     Returns:
-      The paths written: {'saved_model': ..., 'stablehlo': ...}.
+      The paths written: {'saved_model': ..., 'stablehlo': ...} and 'classes' if given.
 
     Raises:
       FileExistsError: `export_dir` is a file, or a non-empty folder and not `overwrite`.
@@ -180,14 +186,19 @@ def export(
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.partial-", dir=parent)
     try:
         _write_artifacts(staging, serve, variables, canvas_size, platforms)
+        if classes is not None:
+            class_info.save(classes, staging)
         _replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {
+    written = {
         "saved_model": os.path.join(final, SAVED_MODEL),
         "stablehlo": os.path.join(final, STABLEHLO),
     }
+    if classes is not None:
+        written["classes"] = os.path.join(final, class_info.FILE_NAME)
+    return written
 
 
 def _write_artifacts(
@@ -244,7 +255,8 @@ def export_trained(
     """Exports the variables of WORKDIR's checkpoint, or of a pytorch-fcn file; see `export`.
 
     The model is built for `platforms` (default: this process's backend), so its speed tricks
-    (`fcn_jax.fast_paths`) are those that suit where the artifacts will run.
+    (`fcn_jax.fast_paths`) are those that suit where the artifacts will run. The classes are
+    WORKDIR's record, else the config's dataset's (`fcn_jax.class_info.for_run`).
 
     Raises:
       ValueError: a bad config field (e.g. an unknown model).
@@ -252,9 +264,10 @@ def export_trained(
       FileExistsError: see `export`.
     """
     _check_destination(export_dir, overwrite)
+    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
     platforms = tuple(platforms or (jax.default_backend(),))
     model, variables = restore.trained_model(
-        config, weights_path or workdir, input_pipeline.num_classes(config), platforms
+        config, weights_path or workdir, classes.num_classes, platforms
     )
     return export(
         model,
@@ -264,4 +277,5 @@ def export_trained(
         config.dataset.preprocessing,
         overwrite=overwrite,
         platforms=platforms,
+        classes=classes,
     )

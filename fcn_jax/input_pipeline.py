@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from fcn_jax import class_info
 from fcn_jax.config_checks import eval_batch_size, validate_data_config
 from fcn_jax.datasets import segmentation_folder  # importing the package registers the builders
 from fcn_jax.losses import VOID
@@ -102,14 +103,9 @@ def eval_data(config: ml_collections.ConfigDict, split: str | None = None) -> Ev
     return EvalData(name, split, math.ceil(total / eval_batch_size(config)))
 
 
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-    """The dataset's class names, in label order, from the builder's metadata."""
-    return list(_builder(config).info.metadata["class_names"])
-
-
-def num_classes(config: ml_collections.ConfigDict) -> int:
-    """The number of classes of the dataset (21 for VOC)."""
-    return len(class_names(config))
+def dataset_classes(config: ml_collections.ConfigDict) -> class_info.ClassInfo:
+    """The training dataset's class names, colours and void label, from its metadata."""
+    return class_info.from_metadata(_builder(config).info.metadata)
 
 
 def _place_on_canvas(

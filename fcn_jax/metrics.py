@@ -72,7 +72,10 @@ def _nanmean(values: np.ndarray) -> float:
 
 @flax.struct.dataclass
 class ConfusionMatrix(clu.metrics.Metric):
-    """CLU metric holding a device-side confusion matrix; `compute()` returns `scores`."""
+    """CLU metric holding a device-side confusion matrix.
+
+    `counts()` pulls the matrix to the host; `compute()` returns its `scores`.
+    """
 
     matrix: jax.Array
 
@@ -88,6 +91,10 @@ class ConfusionMatrix(clu.metrics.Metric):
         """Sums two matrices (on the device)."""
         return type(self)(self.matrix + other.matrix)
 
+    def counts(self) -> np.ndarray:
+        """The matrix on the host: int (n, n), rows ground truth, columns predictions."""
+        return np.asarray(jax.device_get(self.matrix))
+
     def compute(self) -> dict:
         """Pulls the matrix to the host once and returns `scores` of it."""
-        return scores(np.asarray(jax.device_get(self.matrix)))
+        return scores(self.counts())

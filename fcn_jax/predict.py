@@ -1,4 +1,4 @@
-"""Segment image files with a trained model; write VOC-palette masks and overlays.
+"""Segment image files with a trained model; write masks and overlays in the class colours.
 
 Any image PIL reads is accepted: grayscale, palette, CMYK and 16-bit images are converted to
 8-bit RGB, images with transparency are composited on black (and a warning says so), and EXIF
@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcn_jax import config_checks, models, preprocessing, visualize
+from fcn_jax import class_info, config_checks, models, preprocessing, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 16.7 megapixels: far above VOC's 500x500, and at full width already several GB of activations.
@@ -133,6 +133,7 @@ def predict_files(
     config: ml_collections.ConfigDict,
     model: models.FCNModel,
     variables: dict,
+    classes: class_info.ClassInfo,
     inputs: list[str],
     output_dir: str,
 ) -> list[epath.Path]:
@@ -142,19 +143,29 @@ def predict_files(
     (`bucket_canvas`) with their sizes, which gives each image the logits of its own-size
     run while one compiled forward pass serves a whole bucket.
 
-    For every input `NAME.ext` writes `NAME_mask.png` (class indices as a VOC-palette PNG)
-    and `NAME_overlay.png` (the image beside the image with the prediction blended in);
-    inputs with the same NAME get distinct names (`output_stems`).
+    For every input `NAME.ext` writes `NAME_mask.png` (class indices as a palette PNG in the
+    class colours) and `NAME_overlay.png` (the image beside the image with the prediction
+    blended in, background and void left out); inputs with the same NAME get distinct names
+    (`output_stems`). OUTPUT_DIR/classes.json names the classes and their colours
+    (`fcn_jax.class_info`).
 
     Returns:
       The written files.
 
     Raises:
-      ValueError: some inputs could not be read; it names each, after the others are written.
+      ValueError: `classes` has not the model's number of classes; or some inputs could not
+        be read: it names each, after the others are written.
     """
+    if classes.num_classes != model.num_classes:
+        raise ValueError(
+            f"the model has {model.num_classes} classes, the class list {classes.num_classes} "
+            f"({list(classes.names)})"
+        )
+    paths = resolve_inputs(inputs)
     out = epath.Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = jax.jit(
+    written = [class_info.save(classes, out)]
+    palette = classes.palette()
+    segment = jax.jit(
         functools.partial(_batch_classes, model=model, name=config.dataset.preprocessing)
     )
     # On the device once: on a GPU or TPU, host arrays (a converted .pth) would otherwise be
@@ -163,7 +174,7 @@ def predict_files(
     largest = tuple(config.dataset.canvas_size)
     batch_size = config_checks.eval_batch_size(config)
     pending: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
-    written, failures = [], []
+    failures = []
 
     def flush(canvas: tuple[int, int]) -> None:
         group = pending.pop(canvas)
@@ -172,11 +183,10 @@ def predict_files(
         for i, (_, image) in enumerate(group):
             images[i, : image.shape[0], : image.shape[1]] = image
             sizes[i] = image.shape[:2]
-        masks = np.asarray(classes(variables, images, sizes))
+        masks = np.asarray(segment(variables, images, sizes))
         for (stem, image), mask, (h, w) in zip(group, masks, sizes, strict=False):
-            written.extend(_write_outputs(stem, image, mask[:h, :w], out))
+            written.extend(_write_outputs(stem, image, mask[:h, :w], palette, out))
 
-    paths = resolve_inputs(inputs)
     for path, stem in zip(paths, output_stems(paths), strict=True):
         try:
             image = read_rgb(path)
@@ -199,12 +209,11 @@ def predict_files(
 
 
 def _write_outputs(
-    stem: str, image: np.ndarray, mask: np.ndarray, out: epath.Path
+    stem: str, image: np.ndarray, mask: np.ndarray, palette: np.ndarray, out: epath.Path
 ) -> list[epath.Path]:
     """Writes the mask and the overlay of one image as `stem`_*.png; returns their paths."""
     mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
-    visualize.save_mask(mask, mask_path)
-    side_by_side = np.concatenate([image, visualize.overlay(image, mask)], axis=1)
-    with overlay_path.open("wb") as f:
-        Image.fromarray(side_by_side).save(f, format="PNG")
+    visualize.save_mask(mask, mask_path, palette)
+    side_by_side = np.concatenate([image, visualize.overlay(image, mask, palette)], axis=1)
+    visualize.save_png(side_by_side, overlay_path)
     return [mask_path, overlay_path]

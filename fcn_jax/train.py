@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from fcn_jax import (
     checkpoint,
+    class_info,
     config_checks,
     evaluation,
     input_pipeline,
@@ -33,7 +34,6 @@ from fcn_jax import (
     optim,
     restore,
     steps,
-    visualize,
     weights,
 )
 from fcn_jax.datasets import segmentation_folder
@@ -216,8 +216,8 @@ class Trainer:
         check_start(config, workdir)
         self.config, self.workdir = config, workdir
         self.mesh = steps.make_mesh()
-        self.class_names = input_pipeline.class_names(config)
-        self.model = steps.create_model(config, len(self.class_names))
+        self.classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
+        self.model = steps.create_model(config, self.classes.num_classes)
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
@@ -269,7 +269,7 @@ class Trainer:
         """Evaluates the current parameters; logs, writes and returns the scores."""
         config = self.config
         data = input_pipeline.eval_data(config)
-        scores, kept = evaluation.evaluate(
+        confusion, examples = evaluation.evaluate(
             self.state.variables(),
             self.eval_fn,
             input_pipeline.create_eval_iterator(config, data.split),
@@ -277,15 +277,15 @@ class Trainer:
             num_batches=data.num_batches,
             keep_predictions=config.num_predictions_to_save,
         )
-        evaluation.log_scores(step, data.split, scores, self.class_names, self.workdir)
-        self.writer.write_scalars(
-            step, {f"eval/{k}": v for k, v in scores.items() if k != "per_class_iou"}
+        return evaluation.report(
+            step,
+            data.split,
+            confusion,
+            self.classes,
+            self.workdir,
+            examples=examples,
+            writer=self.writer,
         )
-        if kept and jax.process_index() == 0:
-            panels = visualize.prediction_panels(kept)
-            self.writer.write_images(step, {"eval/predictions": np.stack(panels)})
-            visualize.save_panels(panels, epath.Path(self.workdir) / "predictions", step)
-        return scores
 
     def run(self) -> dict:
         """Trains to `config.num_train_steps`; returns the last evaluation's scores.

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_jax import export, fast_paths, models, preprocessing, steps, weights
+from fcn_jax import class_info, export, fast_paths, models, preprocessing, steps, weights
+from fcn_jax.datasets import synthetic_shapes
 from tests.helpers import run_python, tiny_config
 
 PTH = pathlib.Path(__file__).parent / "testdata" / "parity" / "fcn8s_random.pth"
@@ -40,7 +41,10 @@ def exported(tmp_path_factory, synthetic_data_dir):
     assert written == {
         "saved_model": str(out / "saved_model"),
         "stablehlo": str(out / "model.stablehlo"),
+        "classes": str(out / "classes.json"),
     }
+    # No workdir record: the config's dataset's classes.
+    assert class_info.load(out).names == tuple(synthetic_shapes.CLASS_NAMES)
     model = steps.create_model(config, 5)
     variables = weights.load_pytorch_fcn(PTH, "fcn8s", width=1 / 64)
     return model, variables, config.dataset.preprocessing, out
@@ -186,7 +190,7 @@ def test_main_exports_a_pytorch_fcn_file_and_refuses_to_overwrite(tmp_path, synt
     ]
     result = run_python(*command)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["model.stablehlo", "saved_model"]
+    assert sorted(os.listdir(out)) == ["classes.json", "model.stablehlo", "saved_model"]
     again = run_python(*command)
     assert again.returncode != 0
     assert "exists and is not empty; choose another or pass --overwrite" in again.stderr

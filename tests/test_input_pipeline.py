@@ -45,7 +45,7 @@ def test_eval_covers_every_example_once_with_padded_last_batch(synthetic_data_di
     assert np.all(last["label"][4:] == 255) and np.all(last["image"][4:] == 0)
     assert np.all(last["size"][4:] == 0) and np.all(last["size"][:4] > 0)
     assert input_pipeline.num_examples(config, "validation") == 160
-    assert input_pipeline.num_classes(config) == 5
+    assert input_pipeline.dataset_classes(config).num_classes == 5
 
 
 def test_image_larger_than_canvas_is_an_error_unless_cropping(synthetic_data_dir):

@@ -58,7 +58,7 @@ jax.distributed.initialize(
 )
 config = quickstart.get_config()
 config.dataset.data_dir = sys.argv[1]
-print("classes:", input_pipeline.num_classes(config), "examples:",
+print("classes:", input_pipeline.dataset_classes(config).num_classes, "examples:",
       input_pipeline.num_examples(config, "train"))
 """
 

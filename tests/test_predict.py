@@ -6,8 +6,12 @@ from etils import epath
 from PIL import Image
 
 from configs import quickstart
-from fcn_jax import evaluation, models, predict, preprocessing, steps, train
+from fcn_jax import class_info, evaluation, models, predict, preprocessing, steps, train
 from tests.helpers import random_variables, tiny_config
+
+
+def _classes(count: int) -> class_info.ClassInfo:
+    return class_info.from_metadata({"class_names": [f"class_{i}" for i in range(count)]})
 
 
 @pytest.mark.slow
@@ -27,10 +31,15 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir)
         "a_overlay.png",
         "b_mask.png",
         "b_overlay.png",
+        "classes.json",
     ]
+    # The workdir's classes: their names beside the masks, their colours in the masks.
+    classes = class_info.load(workdir)
+    assert class_info.load(out) == classes and classes.num_classes == 5
     mask = Image.open(out / "a_mask.png")
     assert mask.mode == "P" and mask.size == (70, 50)
     assert np.asarray(mask).max() < 5
+    assert mask.getpalette()[:15] == classes.palette()[:5].reshape(-1).tolist()
     assert Image.open(out / "b_overlay.png").size == (2 * 41, 33)
     with pytest.raises(FileNotFoundError, match="no image"):
         evaluation.predict_images(config, str(workdir), None, [str(tmp_path / "*.tif")], str(out))
@@ -56,7 +65,9 @@ def test_predict_batches_sizes_on_canvases_with_own_size_results(tmp_path):
     assert predict.bucket_canvas(130, 20, (128, 128)) == (130, 20)
     assert predict.bucket_canvas(50, 70, (128, 128)) == (128, 128)
     assert predict.bucket_canvas(50, 70, (512, 512)) == (128, 128)
-    predict.predict_files(config, model, variables, [str(photos)], str(tmp_path / "out"))
+    predict.predict_files(
+        config, model, variables, _classes(3), [str(photos)], str(tmp_path / "out")
+    )
     for name in sizes:
         image = np.asarray(Image.open(photos / f"{name}.png"))
         logits = model.apply(variables, preprocessing.normalize(image[None], "caffe"))
@@ -120,9 +131,13 @@ def test_predict_files_writes_every_readable_image_under_distinct_names(
         image.save(photos / name)
     (photos / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
+    inputs = [str(photos), str(photos / "sub")]
+    with pytest.raises(ValueError, match=r"the model has 5 classes, the class list 4"):
+        predict.predict_files(config, model, variables, _classes(4), inputs, out)
     with pytest.raises(ValueError, match=r"1 of 4 images could not be read") as error:
-        predict.predict_files(config, model, variables, [str(photos), str(photos / "sub")], out)
+        predict.predict_files(config, model, variables, _classes(5), inputs, out)
     assert "broken.jpg" in str(error.value)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}_{kind}.png" for stem in ("a", "a_2", "a_3") for kind in ("mask", "overlay")
+        ["classes.json"]
+        + [f"{stem}_{kind}.png" for stem in ("a", "a_2", "a_3") for kind in ("mask", "overlay")]
     )

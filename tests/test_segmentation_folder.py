@@ -131,7 +131,7 @@ def test_custom_config_trains_from_the_folder(tmp_path):
     config.dataset.canvas_size = (96, 96)
     config.batch_size = 4
     config_checks.validate_config(config)
-    assert input_pipeline.class_names(config) == list(writer.CLASS_NAMES)
+    assert input_pipeline.dataset_classes(config).names == tuple(writer.CLASS_NAMES)
     assert (
         input_pipeline.num_examples(config, "train")
         + input_pipeline.num_examples(config, "validation")
@@ -150,7 +150,7 @@ def test_custom_config_trains_from_the_folder(tmp_path):
     config.dataset.val_fraction = VAL_FRACTION
     config.dataset.manual_dir = str(tmp_path / "no")
     with pytest.raises(ValueError, match=r"config\.dataset\.manual_dir=.*no does not exist"):
-        input_pipeline.class_names(config)
+        input_pipeline.dataset_classes(config)
 
 
 # --- Bad data: one error naming every file at fault, nothing left in data_dir ----------------

@@ -11,6 +11,7 @@ import pytest
 
 from fcn_jax import (
     checkpoint,
+    class_info,
     config_checks,
     evaluation,
     input_pipeline,
@@ -19,6 +20,7 @@ from fcn_jax import (
     preprocessing,
     train,
 )
+from fcn_jax.datasets import synthetic_shapes
 from tests.helpers import tiny_config
 
 
@@ -63,6 +65,10 @@ def test_train_and_evaluate_end_to_end(trained_workdir, synthetic_data_dir):
     assert lines[0]["mean_iou"] == scores["mean_iou"]
     np.testing.assert_allclose(scores["mean_iou"], _mean_iou_by_hand(config, workdir), rtol=1e-6)
     assert len(lines[0]["per_class_iou"]) == 5
+    assert list(lines[0]["class_iou"]) == list(synthetic_shapes.CLASS_NAMES)
+    assert class_info.load(workdir).names == tuple(synthetic_shapes.CLASS_NAMES)
+    plots = sorted(p.name for p in pathlib.Path(workdir, "plots").iterdir())
+    assert plots == ["step_0000004_confusion.png", "step_0000004_iou.png"]
     step, params = _params(workdir)
     assert step == 4 and set(params) >= {"conv1_1", "fc7", "score_pool3"}
     pngs = sorted(p.name for p in pathlib.Path(workdir, "predictions").iterdir())
