@@ -206,7 +206,7 @@ def test_command_on_8_devices(command, workspace):
         return
     if "--mode=export" in command:
         out = _flag_path(local, "export_dir", workspace, workdir)
-        assert sorted(os.listdir(out)) == ["model.stablehlo", "saved_model"]
+        assert sorted(os.listdir(out)) == ["classes.json", "model.stablehlo", "saved_model"]
         return
     scores = [
         json.loads(line) for line in (workdir / "eval_results.jsonl").read_text().splitlines()
