@@ -15,6 +15,7 @@ apply to it.
 """
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def _deconv(in_h: int, in_w: int, c: int, k: int) -> int:
 
 
 def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, int]]:
-    """The map size each VGG block's convolutions run on."""
+    """The map size each VGG block's convolutions run on, reference geometry."""
     full_h, full_w = (
         height + 2 * reference.CONV1_1_PADDING - 2,
         width + 2 * reference.CONV1_1_PADDING - 2,
@@ -55,33 +56,54 @@ def _block_sizes(height: int, width: int, framed: bool) -> dict[int, tuple[int, 
     return sizes
 
 
-def simple_layer_flops(name: str, height: int, width: int, num_classes: int = 21) -> dict[str, int]:
-    """Forward FLOPs of each layer of the simple-geometry model `name` (no at-once)."""
+def _simple_block_sizes(height: int, width: int) -> dict[int, tuple[int, int]]:
+    """The map size each VGG block's convolutions run on, course-notes geometry: the input
+    padded to a multiple of 32, halved by each pooling before the block."""
     h, w = simple.padded_side(height), simple.padded_side(width)
+    return {block: (h >> (block - 1), w >> (block - 1)) for block, _, _ in models.VGG16_BLOCKS}
+
+
+def _vgg_flops(
+    sizes: dict[int, tuple[int, int]],
+) -> tuple[dict[str, int], dict[int, tuple[int, int]]]:
+    """The 3x3 convolutions' FLOPs of each VGG block, and each block's ceil-mode pooled size."""
     flops, c_in, pools = {}, 3, {}
     for block, num_convs, channels in models.VGG16_BLOCKS:
+        h, w = sizes[block]
         for i in range(1, num_convs + 1):
             flops[f"conv{block}_{i}"] = _conv(h, w, c_in, channels, 3)
             c_in = channels
-        h, w = h // 2, w // 2
-        pools[block] = (h, w)
-    flops["fc6"] = _conv(h, w, 512, models.FC_CHANNELS, 1)
-    flops["fc7"] = _conv(h, w, models.FC_CHANNELS, models.FC_CHANNELS, 1)
-    flops["score_fr"] = _conv(h, w, models.FC_CHANNELS, num_classes, 1)
-    # Upsampling by f from an n x m map: k = 2f taps per input pixel (the padding p = f/2
-    # only crops the output).
+        pools[block] = (math.ceil(h / 2), math.ceil(w / 2))
+    return flops, pools
+
+
+def _head_flops(
+    name: str,
+    score: tuple[int, int],
+    pools: dict[int, tuple[int, int]],
+    fuse16: tuple[int, int],
+    fuse8: tuple[int, int],
+    num_classes: int,
+) -> dict[str, int]:
+    """The skip and upsampling layers' FLOPs, from the sizes of their inputs.
+
+    score: the size of `score_fr`'s map; fuse16 / fuse8: the sizes of the stride-16 and
+    stride-8 fused scores. Both geometries upsample by f with a 2f kernel (the simple one's
+    padding f/2 only crops the output).
+    """
     if name == "fcn32s":
-        flops["upscore"] = _deconv(h, w, num_classes, 64)
-        return flops
-    flops["upscore2"] = _deconv(h, w, num_classes, 4)
-    flops["score_pool4"] = _conv(*pools[4], 512, num_classes, 1)
+        return {"upscore": _deconv(*score, num_classes, 64)}
+    flops = {
+        "upscore2": _deconv(*score, num_classes, 4),
+        "score_pool4": _conv(*pools[4], 512, num_classes, 1),
+    }
     if name == "fcn16s":
-        flops["upscore16"] = _deconv(*pools[4], num_classes, 32)
-        return flops
-    flops["upscore_pool4"] = _deconv(*pools[4], num_classes, 4)
-    flops["score_pool3"] = _conv(*pools[3], 256, num_classes, 1)
-    flops["upscore8"] = _deconv(*pools[3], num_classes, 16)
-    return flops
+        return flops | {"upscore16": _deconv(*fuse16, num_classes, 32)}
+    return flops | {
+        "upscore_pool4": _deconv(*fuse16, num_classes, 4),
+        "score_pool3": _conv(*pools[3], 256, num_classes, 1),
+        "upscore8": _deconv(*fuse8, num_classes, 16),
+    }
 
 
 def layer_flops(
@@ -92,64 +114,39 @@ def layer_flops(
     framed: bool = False,
     geometry: str = "reference",
 ) -> dict[str, int]:
-    """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image."""
+    """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
+
+    `framed` applies to the reference geometry only; the simple one has no at-once variant.
+    """
     if geometry == "simple":
-        return simple_layer_flops(name, height, width, num_classes)
-    flops = {}
-    sizes = _block_sizes(height, width, framed)
-    c_in = 3
-    pools = {}
-    for block, num_convs, channels in models.VGG16_BLOCKS:
-        h, w = sizes[block]
-        for i in range(1, num_convs + 1):
-            flops[f"conv{block}_{i}"] = _conv(h, w, c_in, channels, 3)
-            c_in = channels
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-        pools[block] = (h, w, channels)
-    h, w = h - 6, w - 6  # fc6 is a 7x7 VALID convolution
-    flops["fc6"] = _conv(h, w, 512, models.FC_CHANNELS, 7)
-    flops["fc7"] = _conv(h, w, models.FC_CHANNELS, models.FC_CHANNELS, 1)
-    flops["score_fr"] = _conv(h, w, models.FC_CHANNELS, num_classes, 1)
-    stride = {"fcn32s": 32, "fcn16s": 16}.get(name, 8)
-    if stride == 32:
-        flops["upscore"] = _deconv(h, w, num_classes, 64)
-        return flops
-    flops["upscore2"] = _deconv(h, w, num_classes, 4)
-    flops["score_pool4"] = _conv(*pools[4][:2], 512, num_classes, 1)
-    h, w = 2 * h + 2, 2 * w + 2
-    if stride == 16:
-        flops["upscore16"] = _deconv(h, w, num_classes, 32)
-        return flops
-    flops["upscore_pool4"] = _deconv(h, w, num_classes, 4)
-    flops["score_pool3"] = _conv(*pools[3][:2], 256, num_classes, 1)
-    flops["upscore8"] = _deconv(2 * h + 2, 2 * w + 2, num_classes, 16)
-    return flops
+        flops, pools = _vgg_flops(_simple_block_sizes(height, width))
+        fc, fc_kernel = pools[5], 1
+    else:
+        flops, pools = _vgg_flops(_block_sizes(height, width, framed))
+        fc, fc_kernel = (pools[5][0] - 6, pools[5][1] - 6), 7  # fc6: a 7x7 VALID convolution
+    flops["fc6"] = _conv(*fc, 512, models.FC_CHANNELS, fc_kernel)
+    flops["fc7"] = _conv(*fc, models.FC_CHANNELS, models.FC_CHANNELS, 1)
+    flops["score_fr"] = _conv(*fc, models.FC_CHANNELS, num_classes, 1)
+    if geometry == "simple":  # each upsampling gives exactly the skip's size
+        fuse16, fuse8 = pools[4], pools[3]
+    else:  # each upsampling gives 2n + 2 (kernel 4, stride 2), cropped later
+        fuse16 = (2 * fc[0] + 2, 2 * fc[1] + 2)
+        fuse8 = (2 * fuse16[0] + 2, 2 * fuse16[1] + 2)
+    return flops | _head_flops(name, fc, pools, fuse16, fuse8, num_classes)
 
 
-def forward_flops(
-    name: str,
-    height: int,
-    width: int,
-    num_classes: int = 21,
-    framed: bool = False,
-    geometry: str = "reference",
-) -> int:
-    """Forward FLOPs of one image."""
-    counts = layer_flops(name, height, width, num_classes, framed, geometry)
-    return int(np.sum(list(counts.values())))
+def forward_flops(name: str, height: int, width: int, num_classes: int = 21, **options: Any) -> int:
+    """Forward FLOPs of one image; `options` (`framed`, `geometry`) as for `layer_flops`."""
+    return int(np.sum(list(layer_flops(name, height, width, num_classes, **options).values())))
 
 
-def train_flops(
-    name: str,
-    height: int,
-    width: int,
-    num_classes: int = 21,
-    framed: bool = False,
-    geometry: str = "reference",
-) -> int:
-    """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe)."""
+def train_flops(name: str, height: int, width: int, num_classes: int = 21, **options: Any) -> int:
+    """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe).
+
+    `options` (`framed`, `geometry`) as for `layer_flops`.
+    """
     total = 0
-    for layer, fwd in layer_flops(name, height, width, num_classes, framed, geometry).items():
+    for layer, fwd in layer_flops(name, height, width, num_classes, **options).items():
         input_grad = 0 if layer == "conv1_1" else fwd
         weight_grad = 0 if layer.startswith("upscore") else fwd
         total += fwd + input_grad + weight_grad

@@ -8,10 +8,14 @@ In a multi-process job every process calls `save` and orbax writes collectively;
 restores onto any device count. A save interrupted by SIGKILL leaves a
 `*.orbax-checkpoint-tmp` folder that the manager ignores (and removes when it next opens), so a
 restart resumes from the last complete step.
+
+Every orbax `CheckpointManager` here is closed when its user is done with it: `Checkpoints` is
+a context manager, and the readers open theirs in a `with` block.
 """
 
 import math
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import jax
 import numpy as np
@@ -20,7 +24,13 @@ from etils import epath
 
 
 class Checkpoints:
-    """The two checkpoint managers of a workdir."""
+    """The two checkpoint managers of a workdir; `close` them, or use a `with` block.
+
+    Example:
+      with checkpoint.Checkpoints(workdir, max_to_keep=3) as checkpoints:
+        checkpoints.save(step, state, data_stream)
+      # on leaving the block, pending saves are on disk and both managers are closed
+    """
 
     def __init__(self, workdir: str, max_to_keep: int):
         root = _absolute(workdir)
@@ -31,11 +41,26 @@ class Checkpoints:
             ),
             item_handlers=_latest_handlers(),
         )
-        self.best = ocp.CheckpointManager(
-            root / "best",
-            options=_best_options(create=True),
-            item_handlers=ocp.StandardCheckpointHandler(),
-        )
+        try:
+            self.best = ocp.CheckpointManager(
+                root / "best",
+                options=_best_options(create=True),
+                item_handlers=ocp.StandardCheckpointHandler(),
+            )
+        except BaseException:
+            self.latest.close()  # nobody else holds it to close it
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def latest_step(self) -> int | None:
         """The step of the latest complete train-state checkpoint, if any."""
@@ -80,9 +105,11 @@ class Checkpoints:
         self.best.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the managers."""
-        self.latest.close()
-        self.best.close()
+        """Waits for pending saves and closes both managers, the second even if the first fails."""
+        try:
+            self.latest.close()
+        finally:
+            self.best.close()
 
 
 # The folders of a workdir that hold checkpoints: the best by mean IoU, the latest train states.
@@ -127,17 +154,16 @@ def restore_variables(workdir: str) -> dict:
     """
     root = _absolute(workdir)
     if (root / "best").exists():
-        manager = ocp.CheckpointManager(
+        with ocp.CheckpointManager(
             root / "best",
             options=_best_options(create=False),
             item_handlers=ocp.StandardCheckpointHandler(),
-        )
-        step = manager.best_step()
-        if step is not None:
-            target = _on_this_host(manager.item_metadata(step))
-            variables = manager.restore(step, args=ocp.args.StandardRestore(target))
-            manager.close()
-            return jax.tree.map(np.asarray, variables)
+        ) as manager:
+            step = manager.best_step()
+            if step is not None:
+                target = _on_this_host(manager.item_metadata(step))
+                variables = manager.restore(step, args=ocp.args.StandardRestore(target))
+                return jax.tree.map(np.asarray, variables)
     latest = read_latest_state(workdir)
     if latest is not None:
         state = latest[1]
@@ -156,13 +182,13 @@ def read_latest_state(workdir: str) -> tuple[int, dict] | None:
     folder = _absolute(workdir) / "checkpoints"
     if not folder.exists():
         return None
-    manager = ocp.CheckpointManager(folder, item_handlers=_latest_handlers())
-    step = manager.latest_step()
-    if step is None:
-        return None
-    target = _on_this_host(manager.item_metadata(step)["state"])
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    manager.close()
+    with ocp.CheckpointManager(folder, item_handlers=_latest_handlers()) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        target = _on_this_host(manager.item_metadata(step)["state"])
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        state = manager.restore(step, args=args)
     return step, jax.tree.map(np.asarray, dict(state.state))
 
 

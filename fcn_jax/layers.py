@@ -10,7 +10,8 @@
   before the input gradient.
 
 Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
-XLA's CPU backend; tests/test_layers.py checks them against those counterparts.
+XLA's CPU backend; tests/test_layers.py checks them against those counterparts. Where each
+wins, and the measurements: docs/cpu_speed.md.
 """
 
 import functools
@@ -99,7 +100,8 @@ def relu_max_pool_ceil(x: jax.Array) -> jax.Array:
     the block's last activation map twice (the ReLU input and its output). The winner comes
     out of the same reduction as the pooled value: computed apart, XLA fused it into the
     backward pass and kept the whole padded input alive until then instead. The backward is
-    element-wise, which also avoids XLA's CPU select-and-scatter (about four times slower).
+    element-wise, which also avoids XLA's CPU select-and-scatter, a slow gradient there
+    (docs/cpu_speed.md).
     """
     return _pool_and_winner(x)[0]
 
@@ -220,10 +222,10 @@ def conv_with_matmul_grads(
 
     The forward pass is XLA's convolution. The backward pass is written as matrix products
     because XLA's CPU gradient convolutions are slow in two FCN layers: conv1_1's kernel
-    gradient (3 input channels over a 573x698 map: a few GFLOP/s, here one tall matmul,
-    about 7x faster), fc6's and fc7's (large kernels over a small map: XLA transposes the
-    kernel every step, 411 MB for fc6; here neither kernel is copied). Elsewhere XLA's own
-    gradients are faster, so only those layers use this. Only the plain case nn.Conv uses
+    gradient (3 input channels over a 573x698 map, here one tall matmul), fc6's and fc7's
+    (large kernels over a small map: XLA transposes the kernel every step; here neither
+    kernel is copied). Elsewhere XLA's own gradients are faster, so only those layers use
+    this (docs/cpu_speed.md). Only the plain case nn.Conv uses
     here is supported (NHWC, stride 1, no dilation, no groups); `precision` applies to the
     forward convolution and to both backward matmuls.
     """
@@ -246,7 +248,8 @@ class SubpixelConvTranspose(nn.ConvTranspose):
     Here output pixel (s*q + r) only ever sees input pixels q - 1 and q, through kernel taps
     that depend on the phase r alone, so the layer is one stride-1 2x2 convolution with s^2
     output channels per class, followed by a reshuffle of those channels into s x s blocks
-    (depth to space). For FCN-8s' upscore8 (s = 8) that is 64x fewer multiplications.
+    (depth to space). For FCN-8s' upscore8 (s = 8) that is 64x fewer multiplications; where
+    that pays off: docs/cpu_speed.md.
     """
 
     @nn.compact

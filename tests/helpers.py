@@ -1,12 +1,15 @@
-"""Shared test helpers: a tiny config, random model variables, a one-device subprocess."""
+"""Shared test helpers: a tiny config, random model variables, a one-device subprocess, and
+the error a command line refuses."""
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import ml_collections
+import pytest
 
 from configs import quickstart
 from fcn_jax import models
@@ -65,3 +68,11 @@ def run_python(*args: str, timeout: float = 600, **env: str) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def usage_error(main: Callable[[list[str]], object], argv: list[str], capsys) -> str:
+    """What an argparse `main(argv)` prints to stderr when it refuses `argv` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err

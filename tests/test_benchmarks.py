@@ -12,7 +12,7 @@ from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
 from configs import default
 from fcn_jax import losses, steps
-from tests.helpers import run_python
+from tests.helpers import run_python, usage_error
 
 
 def test_reference_counts_are_the_issues():
@@ -75,12 +75,10 @@ def _steps(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_arguments_are_named(argument, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        benchmark_steps.main(argument.split())
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(benchmark_steps.main, argument.split(), capsys)
 
 
+@pytest.mark.slow
 def test_eval_step_row():
     result = _steps("--sizes=16x16", "--modes=eval", "--steps=2")
     assert result.returncode == 0, result.stderr
@@ -92,6 +90,7 @@ def test_eval_step_row():
     assert median > 0 and images_per_s == pytest.approx(1 / median, rel=0.02)
 
 
+@pytest.mark.slow
 def test_simple_geometry_eval_step_row():
     result = _steps("--sizes=32x64", "--modes=eval", "--steps=2", "--geometries=simple")
     assert result.returncode == 0, result.stderr

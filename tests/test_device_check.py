@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from tests.helpers import run_python
 
 
+@pytest.mark.slow
 def test_tiny_device_check_fills_both_tables():
     result = run_python(
         *("-m", "benchmarks.device_check", "--tiny", "--budget-s=1e9"),

@@ -31,6 +31,7 @@ def _own_size_scores(config, variables, model) -> dict:
     return metrics.scores(total)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("geometry, pth", [("reference", "fcn8s"), ("simple", "simple_fcn8s")])
 def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(
     tmp_path, synthetic_data_dir, geometry, pth

@@ -174,6 +174,7 @@ def test_export_trained_errors_name_the_problem(tmp_path, synthetic_data_dir):
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_main_exports_a_pytorch_fcn_file_and_refuses_to_overwrite(tmp_path, synthetic_data_dir):
     out = tmp_path / "out"
     command = [

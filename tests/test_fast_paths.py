@@ -98,6 +98,7 @@ def _check_against_plain_path(geometry, name, fast, sizes=None):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "geometry, name",
     [("reference", n) for n in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")]

@@ -10,6 +10,7 @@ from tests.helpers import random_variables
 VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS])
 
 
+@pytest.mark.slow
 def test_every_image_size_up_to_2048_gets_a_plan_with_smaller_maps():
     # axis_plan raises if an edge could reach the core anywhere in blocks 1-3.
     for size in range(1, 2049):
@@ -34,6 +35,7 @@ def test_resize_runs_drops_and_copies_run_rows_only():
         frame.resize_runs(x, 1, have, frame.AxisLayout(1, 4, 4, 1, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_name, height, width",
     [("fcn8s", 1, 1), ("fcn8s", 37, 45), ("fcn8s", 64, 33), ("fcn32s", 26, 27)],

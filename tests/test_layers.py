@@ -183,6 +183,7 @@ def _bf16_gradient_errors(custom, plain, *inputs) -> list[tuple[float, float]]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "x_shape, kernel_shape, padding",
     [
@@ -207,6 +208,7 @@ def test_matmul_grads_in_bfloat16_are_as_accurate_as_xla(x_shape, kernel_shape, 
         assert ours <= 1.05 * xla, (ours, xla)
 
 
+@pytest.mark.slow
 def test_fused_pool_gradient_in_bfloat16_is_as_accurate_as_xla():
     x = jax.random.normal(jax.random.key(0), (2, 17, 15, 8))
 
@@ -217,6 +219,7 @@ def test_fused_pool_gradient_in_bfloat16_is_as_accurate_as_xla():
     assert ours <= 1.05 * xla, (ours, xla)
 
 
+@pytest.mark.slow
 def test_subpixel_gradients_in_bfloat16_are_as_accurate_as_xla():
     x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
     options = _conv_transpose_options(8)

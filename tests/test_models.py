@@ -31,6 +31,7 @@ def test_output_shape_equals_input_shape_full_width(name, hw):
     assert out.dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("hw", [(1, 1), (26, 27), (97, 131)])
 def test_real_forward_of_tiny_model_keeps_input_size(name, hw):
@@ -132,6 +133,7 @@ def test_bilinear_taps_match_reference_table(size, taps):
     assert np.all(kernel[:, :, 0, 1] == 0) and np.all(kernel[:, :, 2, 0] == 0)
 
 
+@pytest.mark.slow
 def test_score_layers_start_at_zero_and_upsampling_is_bilinear():
     model = models.get_model("fcn8s", width=TINY)
     variables = models.init_variables(model, jax.random.key(0))
@@ -198,6 +200,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(train_a, eval_a)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     f32 = models.get_model("fcn16s", num_classes=3, width=TINY)
     bf16 = models.get_model("fcn16s", num_classes=3, width=TINY, dtype=jnp.bfloat16)

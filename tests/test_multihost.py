@@ -22,6 +22,8 @@ from tests.jobs import (
     run_job,
 )
 
+pytestmark = pytest.mark.slow  # several processes (docs/development.md: the fast tier)
+
 
 @pytest.fixture(scope="module")
 def one_process_two_devices(synthetic_data_dir, tmp_path_factory):

@@ -6,7 +6,11 @@ The jobs (tests/jobs.py) are `main.py` (or a short script) in subprocesses on 12
 import signal
 import time
 
+import pytest
+
 from tests.jobs import TIMEOUT_S, job, job_flags, latest_checkpoint, log_text, run_job, wait
+
+pytestmark = pytest.mark.slow  # several processes (docs/development.md: the fast tier)
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere(synthetic_data_dir, tmp_path):

@@ -9,6 +9,7 @@ import os
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_colab_notebook_trains_evaluates_and_predicts(tmp_path, synthetic_data_dir):
     notebook = nbformat.read(ROOT / "notebooks" / "colab_tpu.ipynb", as_version=4)
     index = next(

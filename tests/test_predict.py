@@ -14,6 +14,7 @@ def _classes(count: int) -> class_info.ClassInfo:
     return class_info.from_metadata({"class_names": [f"class_{i}" for i in range(count)]})
 
 
+@pytest.mark.slow
 def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir):
     workdir = tmp_path / "run"
     config = tiny_config(synthetic_data_dir, num_train_steps=2, eval_every_steps=2)
@@ -44,6 +45,7 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, synthetic_data_dir)
         evaluation.predict_images(config, str(workdir), None, [str(tmp_path / "*.tif")], str(out))
 
 
+@pytest.mark.slow
 def test_predict_batches_sizes_on_canvases_with_own_size_results(tmp_path):
     # Three images share a 128 x 128 canvas, one larger than the largest canvas runs alone;
     # every mask is the argmax of that image's own-size forward pass.

@@ -17,9 +17,8 @@ def _config(**overrides):
 
 
 def _save_best(workdir: pathlib.Path, variables: dict) -> None:
-    saved = checkpoint.Checkpoints(str(workdir), max_to_keep=1)
-    saved.save_best(3, variables, mean_iou=0.5)
-    saved.close()
+    with checkpoint.Checkpoints(str(workdir), max_to_keep=1) as saved:
+        saved.save_best(3, variables, mean_iou=0.5)
 
 
 def test_a_workdir_gives_its_best_checkpoint_for_the_config_model(tmp_path):

@@ -105,6 +105,7 @@ def test_learnable_upsampling_puts_kernels_in_params():
     assert relative_error(out, np.load(DATA / "simple_fcn8s_random_logits.npy")) <= RTOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, source", [("fcn16s", "fcn32s"), ("fcn8s", "fcn16s")])
 def test_staging_matches_pytorch_copy_by_name(target, source):
     fresh = models.init_variables(simple_model(target), jax.random.key(0))

@@ -10,7 +10,10 @@ import pytest
 from fcn_jax import losses, models
 from tests.helpers import random_variables
 
-pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # one compile per size
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("fewer_xla_optimizations"),  # one compile per size
+]
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
 CANVAS = (40, 48)

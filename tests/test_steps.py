@@ -8,6 +8,7 @@ from fcn_jax import input_pipeline, losses, models, steps
 from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step(synthetic_data_dir):
     config = tiny_config(synthetic_data_dir)
     model = steps.create_model(config, 5)
@@ -53,6 +54,7 @@ def _one_step(config, model, variables, batch) -> tuple[dict, dict, dict]:
     return jax.device_get((state.params, state.frozen, out))
 
 
+@pytest.mark.slow
 def test_one_sgd_step_updates_each_parameter_group_as_the_reference(synthetic_data_dir):
     # Plain SGD with lr 1 gives the gradient g itself; the reference groups must then give
     # weights w - lr (g + wd w), biases b - m lr g (no decay), and leave the frozen
@@ -117,6 +119,7 @@ class _WithoutDropout:
         return self.model.apply(variables, *args, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradient_accumulation_equals_one_big_batch(synthetic_data_dir, reduction):
     # Real batches of the pipeline: void boundaries and canvas padding give each image its

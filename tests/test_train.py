@@ -54,6 +54,7 @@ def _mean_iou_by_hand(config, workdir) -> float:
     return float(np.mean(hits[union > 0] / union[union > 0]))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_end_to_end(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
     config = tiny_config(synthetic_data_dir)
@@ -103,6 +104,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_good_checkpoints(synthetic_data_
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_evaluate_model_from_workdir(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
     again = evaluation.evaluate_model(tiny_config(synthetic_data_dir), workdir)
@@ -134,6 +136,7 @@ def test_bad_config_is_refused_before_compiling(synthetic_data_dir, tmp_path):
     config_checks.validate_config(overflow)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_data_stream(trained_workdir, synthetic_data_dir):
     workdir, _ = trained_workdir
     changed = tiny_config(synthetic_data_dir, batch_size=8, num_train_steps=6)
@@ -141,6 +144,7 @@ def test_resume_refuses_a_changed_data_stream(trained_workdir, synthetic_data_di
         train.train_and_evaluate(changed, workdir)
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_workdir_returns_its_final_scores(trained_workdir, synthetic_data_dir):
     workdir, scores = trained_workdir
     lines_before = pathlib.Path(workdir, "eval_results.jsonl").read_text()
@@ -149,6 +153,7 @@ def test_rerun_of_a_finished_workdir_returns_its_final_scores(trained_workdir, s
     assert pathlib.Path(workdir, "eval_results.jsonl").read_text() == lines_before
 
 
+@pytest.mark.slow
 def test_train_steps_make_no_host_transfer(synthetic_data_dir, tmp_path):
     config = tiny_config(synthetic_data_dir)
     trainer = train.Trainer(config, str(tmp_path))
@@ -181,6 +186,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
     assert 1 <= step < 1000  # saved where it stopped, not at a scheduled interval
 
 
+@pytest.mark.slow
 def test_simple_geometry_trains_from_vgg16(synthetic_data_dir, tmp_path):
     # Issue #14: the course-notes geometry end to end, its convs from a (tiny) VGG16 file.
     vgg16 = pathlib.Path(__file__).parent / "testdata" / "parity" / "vgg16_tv.pth"

@@ -89,6 +89,7 @@ def test_learnable_upsampling_puts_kernels_in_params():
     assert relative_error(out, fixture_logits("fcn8s_random")) <= RTOL
 
 
+@pytest.mark.slow
 def test_variables_match_model_init_structure_and_dtype():
     variables = weights.load_pytorch_fcn(DATA / "fcn8s_atonce_bilinear.pth", "fcn8s_atonce")
     model = get_model("fcn8s_atonce", NUM_CLASSES, width=WIDTH)

@@ -118,6 +118,18 @@ def make_trainer_checkpoint(models: dict) -> None:
     save(checkpoint, OUT / "trainer_checkpoint.pth", legacy=False)
 
 
+def torchvision_conv_indices() -> dict[int, list[int]]:
+    """Block -> the `features.<index>` of its convolutions in torchvision's VGG16 (§6.4).
+
+    Each convolution is followed by a ReLU and each block by a max-pool; both take an index.
+    """
+    indices, index = {}, 0
+    for block, num_convs, _ in ref.VGG16_BLOCKS:
+        indices[block] = list(range(index, index + 2 * num_convs, 2))
+        index += 2 * num_convs + 1
+    return indices
+
+
 def vgg_fc7_torchvision_way(state: dict, images: torch.Tensor) -> torch.Tensor:
     """fc7 pre-activation as torchvision's VGG computes it, with FCN's pad-100 first conv.
 
@@ -125,16 +137,13 @@ def vgg_fc7_torchvision_way(state: dict, images: torch.Tensor) -> torch.Tensor:
     what the 7x7 fc6 convolution of the FCN must reproduce (§3.1, §6.4).
     """
     x = images.double()
-    index = 0
-    for block, num_convs, _ in ref.VGG16_BLOCKS:
-        for i in range(num_convs):
+    for block, indices in torchvision_conv_indices().items():
+        for i, index in enumerate(indices):
             pad = ref.CONV1_1_PADDING if (block, i) == (1, 0) else 1
             w = state[f"features.{index}.weight"].double()
             b = state[f"features.{index}.bias"].double()
             x = torch.relu(functional.conv2d(x, w, b, padding=pad))
-            index += 2
         x = functional.max_pool2d(x, 2, 2, ceil_mode=True)
-        index += 1
     assert x.shape[2:] == (7, 7), x.shape
     x = torch.flatten(x, 1)
     x = torch.relu(
@@ -148,18 +157,16 @@ def vgg_fc7_torchvision_way(state: dict, images: torch.Tensor) -> torch.Tensor:
 
 
 def make_vgg(generator: torch.Generator) -> None:
-    state = {}
-    index, in_ch = 0, 3
-    for _, num_convs, channels in ref.VGG16_BLOCKS:
+    state, in_ch, conv_indices = {}, 3, torchvision_conv_indices()
+    for block, _, channels in ref.VGG16_BLOCKS:
         out_ch = ref.scaled_channels(channels, WIDTH)
-        for _ in range(num_convs):
+        for index in conv_indices[block]:
             fan_in = in_ch * 9
             state[f"features.{index}.weight"] = (
                 torch.randn(out_ch, in_ch, 3, 3, generator=generator) * (2 / fan_in) ** 0.5
             )
             state[f"features.{index}.bias"] = 0.1 * torch.randn(out_ch, generator=generator)
-            index, in_ch = index + 2, out_ch
-        index += 1
+            in_ch = out_ch
     fc = ref.scaled_channels(ref.FC_CHANNELS, WIDTH)
     for key, (rows, cols) in {"0": (fc, in_ch * 49), "3": (fc, fc), "6": (10, fc)}.items():
         state[f"classifier.{key}.weight"] = (

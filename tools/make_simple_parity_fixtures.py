@@ -28,12 +28,9 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch_simple_reference as ref  # noqa: E402
-from make_parity_fixtures import logits, randomise, save  # noqa: E402
+from make_parity_fixtures import NUM_CLASSES, OUT, WIDTH, logits, randomise, save  # noqa: E402
 from torch_reference import copy_by_name  # noqa: E402
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "testdata" / "parity"
-WIDTH = 1 / 64
-NUM_CLASSES = 5
 INPUT_SHAPE = (1, 3, 64, 96)
 LEGACY = {"fcn16s"}
 

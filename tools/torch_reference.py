@@ -13,6 +13,8 @@ Example:
     logits = model(torch.zeros(1, 3, 375, 500))  # (1, 21, 375, 500)
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,6 +57,78 @@ def crop(x: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor:
     return x[:, :, offset : offset + height, offset : offset + width]
 
 
+def add_vgg16(model: nn.Module, width: float, conv1_1_padding: int) -> None:
+    """Registers VGG16's convolutions on `model` as conv1_1 ... conv5_3 (§1).
+
+    Each is 3x3 with padding 1, but conv1_1, which pads by `conv1_1_padding`.
+    """
+    in_channels = 3
+    for block, num_convs, channels in VGG16_BLOCKS:
+        out_channels = scaled_channels(channels, width)
+        for i in range(1, num_convs + 1):
+            pad = conv1_1_padding if (block, i) == (1, 1) else 1
+            model.add_module(
+                f"conv{block}_{i}", nn.Conv2d(in_channels, out_channels, 3, padding=pad)
+            )
+            in_channels = out_channels
+
+
+def add_head(
+    model: nn.Module,
+    stride: int,
+    num_classes: int,
+    width: float,
+    fc6_kernel: int,
+    deconv: Callable[[int, int], nn.ConvTranspose2d],
+) -> None:
+    """Registers fc6, fc7, score_fr and the skip and upsampling layers of `stride` (§1, §2.3).
+
+    Args:
+      model: the module to add them to, after `add_vgg16`: registration order gives the
+        state_dict key order of §6.3.
+      stride: 32, 16 or 8.
+      num_classes: output classes.
+      width: channel multiplier (same rounding as fcn_jax).
+      fc6_kernel: 7 in the reference geometry, 1 in the course-notes one.
+      deconv: (channels, factor) -> the geometry's upsampling layer by `factor`.
+
+    Raises:
+      ValueError: for another stride.
+    """
+    if stride not in (8, 16, 32):
+        raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
+    fc = scaled_channels(FC_CHANNELS, width)
+    model.fc6 = nn.Conv2d(scaled_channels(512, width), fc, fc6_kernel)
+    model.fc7 = nn.Conv2d(fc, fc, 1)
+    model.score_fr = nn.Conv2d(fc, num_classes, 1)
+    if stride == 32:
+        model.upscore = deconv(num_classes, 32)
+        return
+    if stride == 8:
+        model.score_pool3 = nn.Conv2d(scaled_channels(256, width), num_classes, 1)
+    model.score_pool4 = nn.Conv2d(scaled_channels(512, width), num_classes, 1)
+    model.upscore2 = deconv(num_classes, 2)
+    if stride == 16:
+        model.upscore16 = deconv(num_classes, 16)
+    else:
+        model.upscore8 = deconv(num_classes, 8)
+        model.upscore_pool4 = deconv(num_classes, 2)
+
+
+def vgg16_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """conv1_1 ... conv5_3 with ReLU, `model.pool` after each block, then fc6 and fc7 with ReLU
+    and `model.dropout`: returns pool1 ... pool5 and fc7."""
+    out = {}
+    for block, num_convs, _ in VGG16_BLOCKS:
+        for i in range(1, num_convs + 1):
+            x = torch.relu(getattr(model, f"conv{block}_{i}")(x))
+        x = model.pool(x)
+        out[f"pool{block}"] = x
+    x = model.dropout(torch.relu(model.fc6(x)))
+    out["fc7"] = model.dropout(torch.relu(model.fc7(x)))
+    return out
+
+
 class FCNReference(nn.Module):
     """VGG16 FCN with a 32s, 16s or 8s head (§1, §2.3), initialised as the reference (§3.1).
 
@@ -73,37 +147,10 @@ class FCNReference(nn.Module):
         skip_scales: tuple[float, float] = (1.0, 1.0),
     ):
         super().__init__()
-        if stride not in (8, 16, 32):
-            raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
         self.stride = stride
         self.skip_scales = skip_scales
-        in_channels = 3
-        # Registration order gives the state_dict key order of §6.3.
-        for block, num_convs, channels in VGG16_BLOCKS:
-            out_channels = scaled_channels(channels, width)
-            for i in range(1, num_convs + 1):
-                pad = CONV1_1_PADDING if (block, i) == (1, 1) else 1
-                conv = nn.Conv2d(in_channels, out_channels, 3, padding=pad)
-                self.add_module(f"conv{block}_{i}", conv)
-                in_channels = out_channels
-        self.pool3_channels = scaled_channels(256, width)
-        self.pool4_channels = scaled_channels(512, width)
-        fc = scaled_channels(FC_CHANNELS, width)
-        self.fc6 = nn.Conv2d(in_channels, fc, 7)  # 7x7 valid, §1 row 19
-        self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.score_fr = nn.Conv2d(fc, num_classes, 1)
-        if stride == 32:
-            self.upscore = self._deconv(num_classes, 32)
-        else:
-            if stride == 8:
-                self.score_pool3 = nn.Conv2d(self.pool3_channels, num_classes, 1)
-            self.score_pool4 = nn.Conv2d(self.pool4_channels, num_classes, 1)
-            self.upscore2 = self._deconv(num_classes, 2)
-            if stride == 16:
-                self.upscore16 = self._deconv(num_classes, 16)
-            else:
-                self.upscore8 = self._deconv(num_classes, 8)
-                self.upscore_pool4 = self._deconv(num_classes, 2)
+        add_vgg16(self, width, CONV1_1_PADDING)
+        add_head(self, stride, num_classes, width, fc6_kernel=7, deconv=self._deconv)  # §1 row 19
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)  # ceil rounding, §1 / §2.6
         self.dropout = nn.Dropout(0.5)  # element-wise as in Caffe (§1)
         self.reset_reference_init()
@@ -122,22 +169,10 @@ class FCNReference(nn.Module):
                 nn.init.zeros_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone (§1): returns pool3, pool4 and fc7 (after ReLU / dropout)."""
-        out = {}
-        for block, num_convs, _ in VGG16_BLOCKS:
-            for i in range(1, num_convs + 1):
-                x = torch.relu(getattr(self, f"conv{block}_{i}")(x))
-            x = self.pool(x)
-            out[f"pool{block}"] = x
-        x = self.dropout(torch.relu(self.fc6(x)))
-        out["fc7"] = self.dropout(torch.relu(self.fc7(x)))
-        return out
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel scores (N, num_classes, H, W) for images (N, 3, H, W)."""
         height, width = images.shape[2:]
-        feats = self.features(images)
+        feats = vgg16_features(self, images)
         score = self.score_fr(feats["fc7"])
         if self.stride == 32:
             return crop(self.upscore(score), CROP_32S, height, width)
@@ -169,28 +204,3 @@ def build_model(name: str, num_classes: int = 21, width: float = 1.0) -> FCNRefe
     if name not in strides:
         raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
     return FCNReference(strides[name], num_classes, width)
-
-
-def vgg16_state_dict_from_fcn(model: FCNReference, num_fc8: int = 1000) -> dict:
-    """The inverse of the §6.4 mapping: an FCN backbone as a torchvision-layout VGG16 dict.
-
-    fc6 / fc7 are flattened back to Linear weights (row-major over (c, h, w)); fc8
-    (`classifier.6`) gets random values since FCN discards it.
-    """
-    state = {}
-    index = 0
-    for block, num_convs, _ in VGG16_BLOCKS:
-        for i in range(1, num_convs + 1):
-            conv = getattr(model, f"conv{block}_{i}")
-            state[f"features.{index}.weight"] = conv.weight.detach().clone()
-            state[f"features.{index}.bias"] = conv.bias.detach().clone()
-            index += 2  # conv, ReLU
-        index += 1  # max-pool
-    fc6, fc7 = model.fc6, model.fc7
-    state["classifier.0.weight"] = fc6.weight.detach().reshape(fc6.out_channels, -1).clone()
-    state["classifier.0.bias"] = fc6.bias.detach().clone()
-    state["classifier.3.weight"] = fc7.weight.detach().reshape(fc7.out_channels, -1).clone()
-    state["classifier.3.bias"] = fc7.bias.detach().clone()
-    state["classifier.6.weight"] = torch.randn(num_fc8, fc7.out_channels)
-    state["classifier.6.bias"] = torch.randn(num_fc8)
-    return state

@@ -31,12 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from torch_reference import (  # noqa: E402
-    FC_CHANNELS,
-    VGG16_BLOCKS,
-    bilinear_weight,
-    scaled_channels,
-)
+from torch_reference import add_head, add_vgg16, bilinear_weight, vgg16_features  # noqa: E402
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
 # factor -> (kernel, stride, padding) of each upsampling, from the issue.
@@ -54,32 +49,9 @@ class SimpleFCN(nn.Module):
 
     def __init__(self, stride: int, num_classes: int = 21, width: float = 1.0):
         super().__init__()
-        if stride not in (8, 16, 32):
-            raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
         self.stride = stride
-        in_channels = 3
-        for block, num_convs, channels in VGG16_BLOCKS:
-            out_channels = scaled_channels(channels, width)
-            for i in range(1, num_convs + 1):
-                conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-                self.add_module(f"conv{block}_{i}", conv)
-                in_channels = out_channels
-        fc = scaled_channels(FC_CHANNELS, width)
-        self.fc6 = nn.Conv2d(in_channels, fc, 1)
-        self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.score_fr = nn.Conv2d(fc, num_classes, 1)
-        if stride == 32:
-            self.upscore = self._deconv(num_classes, 32)
-        else:
-            if stride == 8:
-                self.score_pool3 = nn.Conv2d(scaled_channels(256, width), num_classes, 1)
-            self.score_pool4 = nn.Conv2d(scaled_channels(512, width), num_classes, 1)
-            self.upscore2 = self._deconv(num_classes, 2)
-            if stride == 16:
-                self.upscore16 = self._deconv(num_classes, 16)
-            else:
-                self.upscore8 = self._deconv(num_classes, 8)
-                self.upscore_pool4 = self._deconv(num_classes, 2)
+        add_vgg16(self, width, conv1_1_padding=1)
+        add_head(self, stride, num_classes, width, fc6_kernel=1, deconv=self._deconv)
         self.pool = nn.MaxPool2d(2, stride=2)
         self.dropout = nn.Dropout(0.5)
         with torch.no_grad():
@@ -98,21 +70,14 @@ class SimpleFCN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel scores (N, num_classes, H, W) for images (N, 3, H, W)."""
-        x, pools = images, {}
-        for block, num_convs, _ in VGG16_BLOCKS:
-            for i in range(1, num_convs + 1):
-                x = torch.relu(getattr(self, f"conv{block}_{i}")(x))
-            x = self.pool(x)
-            pools[block] = x
-        x = self.dropout(torch.relu(self.fc6(x)))
-        x = self.dropout(torch.relu(self.fc7(x)))
-        score = self.score_fr(x)
+        feats = vgg16_features(self, images)
+        score = self.score_fr(feats["fc7"])
         if self.stride == 32:
             return self.upscore(score)
-        fuse = self.upscore2(score) + self.score_pool4(pools[4])
+        fuse = self.upscore2(score) + self.score_pool4(feats["pool4"])
         if self.stride == 16:
             return self.upscore16(fuse)
-        fuse = self.upscore_pool4(fuse) + self.score_pool3(pools[3])
+        fuse = self.upscore_pool4(fuse) + self.score_pool3(feats["pool3"])
         return self.upscore8(fuse)
 
 
