@@ -10,6 +10,7 @@ import pytest
 from benchmarks import flops
 from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
+from benchmarks import tricks as benchmark_tricks
 from configs import default
 from fcn_jax import losses, steps
 from tests.helpers import run_python, usage_error
@@ -153,3 +154,10 @@ def test_memory_table_and_peak_buffers():
     assert temporaries["auto - frame"] == temporaries["auto"]
     peak = result.stdout.split("at the peak:")[1].strip().splitlines()
     assert len(peak) == 3 and all(re.match(r"\s*[0-9.]+ MiB  \S", line) for line in peak)
+
+
+def test_tricks_bad_size_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark_tricks.main(["--size=512"])
+    assert exit_.value.code == 2
+    assert "bad --size '512'" in capsys.readouterr().err

@@ -41,6 +41,10 @@ NOT_RUN = {
     "python -m benchmarks.steps": "full width at batch 8: tests/test_benchmarks.py runs it small",
     ".venv/bin/python -m benchmarks.steps": "full width: tests/test_benchmarks.py runs it small",
     ".venv/bin/python -m benchmarks.input_pipeline": "a benchmark; uses no device",
+    ".venv/bin/python -m benchmarks.memory": (
+        "full width, minutes: tests/test_benchmarks.py runs it small"
+    ),
+    ".venv/bin/python -m benchmarks.tricks": "full width, minutes and GBs; a timing only",
     ".venv/bin/python -m benchmarks.export_latency": (
         "full width, minutes and GBs: tests/test_export_latency.py runs it tiny"
     ),
