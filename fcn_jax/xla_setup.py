@@ -1,19 +1,17 @@
-"""XLA settings fcn-jax applies on import, so users get the fast path without knowing a flag.
+"""XLA settings for the CPU that fcn-jax's programs apply: `add_default_xla_flags`.
 
-XLA reads `XLA_FLAGS` once, when the first backend starts; importing `fcn_jax` before any JAX
-computation is therefore enough. A flag the user already set is never overridden.
+XLA reads `XLA_FLAGS` once, when the first backend starts, so a program calls
+`add_default_xla_flags()` before its first JAX computation (main.py and the benchmarks do).
+Importing fcn_jax changes nothing. A flag the user already set is never overridden.
 
 * `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK fusions) routes CPU
-  convolutions to XLA's own kernels, which run the FCN forward about 1.4x and the train step
-  about 1.8x faster on a 2-core x86 machine (benchmarks/steps.py).
-* `--xla_cpu_copy_insertion_use_region_analysis=true` lets XLA see that the train step
-  reads each donated parameter before overwriting it, so it no longer copies all 537 MB of
-  them first: 76 MB less temporary memory at the step's peak (fcn8s, 375x500) and one pass
-  over fc6's kernel less.
-* `--xla_cpu_enable_concurrency_optimized_scheduler=false` orders the step to keep memory
-  low rather than to run independent operations side by side, which two cores have little
-  use for: the train step's temporary memory goes from 862 to 646 MiB (fcn8s, 375x500;
-  peak RSS 2.30 -> 2.08 GiB) at the same speed.
+  convolutions to XLA's own kernels, which run the FCN's forward and train step faster.
+* `--xla_cpu_copy_insertion_use_region_analysis=true` lets XLA see that the train step reads
+  each donated parameter before overwriting it, so it no longer copies them all first.
+* `--xla_cpu_enable_concurrency_optimized_scheduler=false` orders the step to keep memory low
+  rather than to run independent operations side by side, which two cores have little use for.
+
+The figures behind each are in docs/cpu_speed.md and docs/benchmarks.md.
 
 These flags only exist in the jaxlib releases we tested; an unknown flag makes XLA abort, so
 they are set for those releases alone. They are also set only when the process computes on
