@@ -11,7 +11,7 @@ config.dataset.val_fraction (0.1) of the images is held out for validation, by f
 Why this recipe. A folder of your own holds tens to a few thousand images, too few to learn
 features from, so by default the 13 VGG16 convolutions start from ImageNet (`init.kind =
 "vgg16"`, fetched once) while fc6/fc7 (1x1 in this geometry) and the score layers start
-fresh. That is the course-notes geometry (fcn_jax/simple_models.py) with its recipe for a net
+fresh. That is the course-notes geometry (fcn_jax/models/simple.py) with its recipe for a net
 that starts partly from scratch (configs/simple_fcn8s.py): the mean loss over valid pixels,
 SGD with momentum 0.9, lr 1e-3 on a cosine schedule with warm-up, batch 8, random scaling
 0.5-1.5, flips and crops to the canvas; 4000 steps are 32 epochs of 1000 images.
