@@ -59,6 +59,7 @@ def test_colab_notebook_trains_evaluates_and_predicts(tmp_path, synthetic_data_d
     ]
     assert [s["step"] for s in scores] == [2, -1]  # trained and evaluated
     assert sorted(p.name for p in (workdir / "predict").iterdir()) == [
+        "classes.json",
         "example_0_mask.png",
         "example_0_overlay.png",
         "example_1_mask.png",
