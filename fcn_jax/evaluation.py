@@ -6,7 +6,6 @@ batches, giving a confusion matrix; `report` scores it and writes the scores and
 the log, WORKDIR/eval_results.jsonl (`log_scores`), TensorBoard, WORKDIR/plots/.
 """
 
-import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -238,6 +237,5 @@ def predict_images(
 
     The classes are WORKDIR's record (`class_info.for_run`): no dataset is needed.
     """
-    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
-    model, variables = restore.trained_model(config, weights_path or workdir, classes.num_classes)
+    model, variables, classes = restore.trained_run(config, workdir, weights_path)
     return predict.predict_files(config, model, variables, classes, inputs, output_dir)

@@ -24,7 +24,6 @@ The files are written to a temporary folder next to EXPORT_DIR that is renamed i
 only once all are complete, so a failed export leaves no half-written EXPORT_DIR.
 """
 
-import functools
 import os
 import shutil
 import tempfile
@@ -38,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from fcn_jax import class_info, input_pipeline, preprocessing, restore
+from fcn_jax import class_info, preprocessing, restore
 
 SAVED_MODEL = "saved_model"
 STABLEHLO = "model.stablehlo"
@@ -264,11 +263,8 @@ def export_trained(
       FileExistsError: see `export`.
     """
     _check_destination(export_dir, overwrite)
-    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
     platforms = tuple(platforms or (jax.default_backend(),))
-    model, variables = restore.trained_model(
-        config, weights_path or workdir, classes.num_classes, platforms
-    )
+    model, variables, classes = restore.trained_run(config, workdir, weights_path, platforms)
     return export(
         model,
         variables,

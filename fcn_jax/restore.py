@@ -11,13 +11,14 @@ run on) and those variables, checked against each other: a checkpoint trained wi
 width, model or class count is refused with the first mismatching variable named.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import ml_collections
 from etils import epath
 
-from fcn_jax import checkpoint, config_checks, models, steps, weights
+from fcn_jax import checkpoint, class_info, config_checks, input_pipeline, models, steps, weights
 
 PYTORCH_SUFFIXES = (".pth", ".pt", ".tar")
 
@@ -93,6 +94,30 @@ def trained_model(
     variables = load_variables(source, config)
     check_fits(variables, model, source)
     return model, variables
+
+
+def trained_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    weights_path: str | None = None,
+    platform: str | Sequence[str] | None = None,
+) -> tuple[models.FCNModel, dict, class_info.ClassInfo]:
+    """A trained model with its classes, for predict and export: no dataset is needed.
+
+    The variables come from `weights_path` if given, else WORKDIR's checkpoint; the classes
+    from WORKDIR's record, else the config's dataset (`fcn_jax.class_info.for_run`). The
+    config and the source are checked first, so a mistake fails before any dataset is prepared.
+
+    Raises:
+      ValueError: see `trained_model`.
+      FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
+    """
+    config_checks.validate_config(config)
+    source = weights_path or workdir
+    check_source(source)
+    classes = class_info.for_run(workdir, functools.partial(input_pipeline.dataset_classes, config))
+    model, variables = trained_model(config, source, classes.num_classes, platform)
+    return model, variables, classes
 
 
 def check_fits(variables: dict, model: models.FCNModel, source: str) -> None:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpoint, restore, steps
+from fcn_jax import checkpoint, class_info, restore, steps
 from tests.helpers import random_variables, tiny_config
 
 PTH = pathlib.Path(__file__).parent / "testdata" / "parity" / "fcn8s_random.pth"
@@ -51,3 +51,21 @@ def test_missing_sources_are_named(tmp_path):
         restore.check_source(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
         restore.load_variables(str(tmp_path / "missing.pth"), _config())
+
+
+def test_trained_run_checks_its_source_before_preparing_any_dataset(tmp_path):
+    config = _config(**{"dataset.data_dir": str(tmp_path / "tfds")})
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        restore.trained_run(config, str(tmp_path / "mistyped"))
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_trained_run_takes_the_classes_from_the_workdir_record(tmp_path):
+    model = steps.create_model(_config(), 5)
+    _save_best(tmp_path, random_variables(model))
+    names = ("background", "a", "b", "c", "d")
+    recorded = class_info.ClassInfo(names, [(i, i, i) for i in range(5)])
+    class_info.save(recorded, str(tmp_path))
+    config = _config(**{"dataset.data_dir": str(tmp_path / "tfds")})  # no dataset there
+    _, _, classes = restore.trained_run(config, str(tmp_path))
+    assert classes == recorded
