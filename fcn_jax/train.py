@@ -213,7 +213,8 @@ class Trainer:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        check_start(config, workdir)
+        check_start(config, workdir)  # before the workdir is created
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         self.config, self.workdir = config, workdir
         self.mesh = steps.make_mesh()
         self.classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
@@ -394,7 +395,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       The scores of the last evaluation (see `fcn_jax.metrics.scores`).
     """
-    check_start(config, workdir)  # before the workdir is created
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     with Trainer(config, workdir) as trainer:
         return trainer.run()
