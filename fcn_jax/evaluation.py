@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from fcn_jax import (
     class_info,
+    config_checks,
     input_pipeline,
     metrics,
     plots,
@@ -210,7 +211,9 @@ def evaluate_model(
       ValueError: WORKDIR records other classes than the dataset's (`class_info.record`).
       FileNotFoundError: no checkpoint in WORKDIR, or no such weights file.
     """
-    restore.check_source(weights_path or workdir)  # before the workdir gets a record
+    # Before the workdir gets a record of the classes:
+    config_checks.validate_config(config)
+    restore.check_source(weights_path or workdir)
     classes = class_info.record(workdir, input_pipeline.dataset_classes(config))
     model, variables = restore.trained_model(config, weights_path or workdir, classes.num_classes)
     mesh = steps.make_mesh()
