@@ -11,7 +11,9 @@ frame.
 
 `geometry="simple"` counts the course-notes geometry (fcn_jax/models/simple.py): every map is
 the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed` does not
-apply to it.
+apply to it. `winograd=True` counts what it executes with the `winograd` fast path: its 3x3
+convolutions after conv1_1 multiply 16 times per 2x2 outputs where the direct convolution
+multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are not counted).
 """
 
 import math
@@ -113,13 +115,22 @@ def layer_flops(
     num_classes: int = 21,
     framed: bool = False,
     geometry: str = "reference",
+    winograd: bool = False,
 ) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
 
-    `framed` applies to the reference geometry only; the simple one has no at-once variant.
+    `framed` applies to the reference geometry only, `winograd` to the simple one; the simple
+    one has no at-once variant.
+
+    Raises:
+      ValueError: for `winograd` in the reference geometry.
     """
+    if winograd and geometry != "simple":
+        raise ValueError("only the simple geometry runs Winograd convolutions")
     if geometry == "simple":
         flops, pools = _vgg_flops(_simple_block_sizes(height, width))
+        if winograd:
+            flops = {layer: n if layer == "conv1_1" else n * 16 // 36 for layer, n in flops.items()}
         fc, fc_kernel = pools[5], 1
     else:
         flops, pools = _vgg_flops(_block_sizes(height, width, framed))
@@ -136,14 +147,15 @@ def layer_flops(
 
 
 def forward_flops(name: str, height: int, width: int, num_classes: int = 21, **options: Any) -> int:
-    """Forward FLOPs of one image; `options` (`framed`, `geometry`) as for `layer_flops`."""
+    """Forward FLOPs of one image; `options` (`framed`, `geometry`, `winograd`) as for
+    `layer_flops`."""
     return int(np.sum(list(layer_flops(name, height, width, num_classes, **options).values())))
 
 
 def train_flops(name: str, height: int, width: int, num_classes: int = 21, **options: Any) -> int:
     """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe).
 
-    `options` (`framed`, `geometry`) as for `layer_flops`.
+    `options` (`framed`, `geometry`, `winograd`) as for `layer_flops`.
     """
     total = 0
     for layer, fwd in layer_flops(name, height, width, num_classes, **options).items():

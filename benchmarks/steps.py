@@ -24,8 +24,9 @@ reference's (configs/default.py: summed loss, SGD momentum 0.99) or the course n
 on both sides (weights decayed at the learning rate, biases at its multiple without decay,
 the bilinear upsampling frozen) and the void label 255 ignored (5% of the pixels carry it).
 
-Columns: median seconds per step and images per second; GFLOP per step as executed (fcn-jax
-skips most of the padding frame, fcn_jax.frame; PyTorch runs the reference's count, printed
+Columns: median seconds per step and images per second; GFLOP per step as executed (on a CPU
+fcn-jax skips most of the padding frame, fcn_jax.frame, and multiplies less in the simple
+geometry's Winograd convolutions, fcn_jax.winograd; PyTorch runs the analytic count, printed
 beside it) and the GFLOP/s they make, also as a fraction of a measured matmul peak; peak
 memory (on a CPU each worker's resident set from after set-up to the end, on an accelerator
 the device's peak bytes in use); compile time (JAX: lowering and compiling; PyTorch: its
@@ -353,17 +354,26 @@ def _run_case(args: argparse.Namespace, case: dict) -> list[_Worker]:
 
 
 def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[str]:
-    from benchmarks import flops  # imports jax: the parent's business, not the torch worker's
+    # These import jax: the parent's business, not the torch worker's.
+    from benchmarks import flops
+    from fcn_jax import fast_paths
 
     count = flops.train_flops if case["mode"] == "train" else flops.forward_flops
     size = (case["model"], case["height"], case["width"], NUM_CLASSES)
     geometry = case["geometry"]
+    device = workers[0].info
+    # What the JAX worker's model runs: the frame (reference) or Winograd (simple) where on.
+    fast = fast_paths.resolve("auto", device["platform"])
     executed = {
-        "jax": count(*size, framed=True, geometry=geometry),
+        "jax": count(
+            *size,
+            framed=fast.frame,
+            geometry=geometry,
+            **({"winograd": fast.winograd} if geometry == "simple" else {}),
+        ),
         "torch": count(*size, geometry=geometry),
     }
     label = case["model"] + (" (simple)" if geometry == "simple" else "")
-    device = workers[0].info
     rows = []
     for w in workers:
         median = statistics.median(w.times)

@@ -83,6 +83,17 @@ _TRICKS = (
         "over the stride-dilated input multiplies by the zeros it inserts (63 of 64 products "
         "for a stride-8 layer). Not measured on an accelerator.",
     ),
+    Trick(
+        "winograd",
+        _CPU,
+        "Course-notes geometry: the 3x3 convolutions other than conv1_1 as "
+        "fcn_jax.winograd.WinogradConv: Winograd's "
+        "F(2x2, 3x3), 2.25x fewer multiplications in the forward pass and both gradients, "
+        "as matrix products that XLA's CPU backend runs faster than its convolutions, whose "
+        "kernel gradients run well below their forward speed. Its backward orders the "
+        "gradients as ordered_grads does, which it replaces where both are on. "
+        "cuDNN and TPUs choose their own convolution algorithms.",
+    ),
 )
 TRICK_INFO: dict[str, Trick] = {trick.name: trick for trick in _TRICKS}
 TRICKS = tuple(TRICK_INFO)
@@ -103,6 +114,7 @@ class FastPaths:
     matmul_grads: bool = False
     ordered_grads: bool = False
     subpixel: bool = False
+    winograd: bool = False
 
     def names(self) -> tuple[str, ...]:
         """The tricks that are on, in `TRICKS` order."""

@@ -370,7 +370,13 @@ class ConvWithOrderedGrads(nn.Conv):
         if isinstance(padding, str):
             padding = jax.lax.padtype_to_pads(inputs.shape[1:3], kernel_size, (1, 1), padding)
         pads = tuple(tuple(p) for p in padding)
-        return conv_bias_with_ordered_grads(inputs, kernel, bias, pads, self.precision)
+        return self._conv_bias(inputs, kernel, bias, pads)
+
+    def _conv_bias(
+        self, x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: tuple
+    ) -> jax.Array:
+        """The convolution plus bias with ordered gradients; subclasses compute it otherwise."""
+        return conv_bias_with_ordered_grads(x, kernel, bias, pads, self.precision)
 
 
 def _conv_bias(

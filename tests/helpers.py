@@ -1,5 +1,5 @@
-"""Shared test helpers: a tiny config, random model variables, a one-device subprocess, and
-the error a command line refuses."""
+"""Shared test helpers: a tiny config, random model variables, a one-device subprocess, the
+error a command line refuses, and the gradient temporaries of a stack of convolutions."""
 
 import os
 import subprocess
@@ -76,3 +76,23 @@ def usage_error(main: Callable[[list[str]], object], argv: list[str], capsys) ->
         main(argv)
     assert exit_.value.code == 2
     return capsys.readouterr().err
+
+
+class _ConvStack(nn.Module):
+    """Four 3x3 convolutions of class `conv`, each followed by a ReLU."""
+
+    conv: type
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(4):
+            x = nn.relu(self.conv(16, (3, 3), padding=1, name=f"conv{i}")(x))
+        return x
+
+
+def conv_stack_grad_temporaries(conv: type, x: jax.Array) -> int:
+    """XLA's temporary bytes for the parameter gradient of four `conv` layers on `x`."""
+    model = _ConvStack(conv)
+    variables = model.init(jax.random.key(0), x)
+    loss = jax.grad(lambda v: model.apply(v, x).sum())
+    return jax.jit(loss).lower(variables).compile().memory_analysis().temp_size_in_bytes

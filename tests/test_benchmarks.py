@@ -13,6 +13,7 @@ from benchmarks import steps as benchmark_steps
 from benchmarks import tricks as benchmark_tricks
 from configs import default
 from fcn_jax import losses, steps
+from fcn_jax.fast_paths import FastPaths
 from tests.helpers import run_python, usage_error
 
 
@@ -50,8 +51,13 @@ def test_simple_geometry_counts_agree_with_xla_and_are_under_half_the_reference(
     variables = jax.eval_shape(model.init, jax.random.key(0), image)
     logits_sum = jax.jit(lambda v, x: model.apply(v, x).sum())
     forward = logits_sum.lower(variables, image).cost_analysis()["flops"]
+    expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple", winograd=True)
+    assert model.fast.winograd and forward == pytest.approx(expected, rel=0.05)
+    plain = jax.jit(lambda v, x: model.clone(fast=FastPaths()).apply(v, x).sum())
     expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple")
-    assert forward == pytest.approx(expected, rel=0.05)
+    assert plain.lower(variables, image).cost_analysis()["flops"] == pytest.approx(
+        expected, rel=0.05
+    )
     # Issue #14: about half the reference's FLOPs at 512x512.
     ratio = flops.forward_flops("fcn8s", 512, 512, geometry="simple") / flops.forward_flops(
         "fcn8s", 512, 512

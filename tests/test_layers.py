@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import layers
+from tests.helpers import conv_stack_grad_temporaries
 
 
 def test_crop_is_top_left_anchored_and_refuses_to_overrun():
@@ -297,21 +298,6 @@ def test_ordered_grads_keep_less_alive_than_xlas_schedule():
     # What the layer is for: in a stack of convolutions, XLA's CPU schedule (with the CPU
     # flags of fcn_jax.xla_setup, which conftest sets) leaves the plain layers' kernel and
     # bias gradients for the end and keeps their inputs alive until then.
-    class Stack(nn.Module):
-        conv: type
-
-        @nn.compact
-        def __call__(self, x):
-            for i in range(4):
-                x = nn.relu(self.conv(16, (3, 3), padding=1, name=f"conv{i}")(x))
-            return x
-
     x = jnp.zeros((1, 32, 32, 4))
-
-    def temporaries(conv):
-        model = Stack(conv)
-        variables = model.init(jax.random.key(0), x)
-        loss = jax.grad(lambda v: model.apply(v, x).sum())
-        return jax.jit(loss).lower(variables).compile().memory_analysis().temp_size_in_bytes
-
-    assert temporaries(layers.ConvWithOrderedGrads) < 0.9 * temporaries(nn.Conv)
+    ordered = conv_stack_grad_temporaries(layers.ConvWithOrderedGrads, x)
+    assert ordered < 0.9 * conv_stack_grad_temporaries(nn.Conv, x)

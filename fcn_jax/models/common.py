@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.fast_paths import FastPaths
-from fcn_jax.layers import SubpixelConvTranspose
+from fcn_jax.layers import ConvWithOrderedGrads, SubpixelConvTranspose
+from fcn_jax.winograd import WinogradConv
 
 # (block, convs per block, output channels) of VGG16 configuration D (docs/reference.md §1).
 VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -125,6 +126,27 @@ class FCNModel(nn.Module):
         """Raises ValueError unless `stride` is 8, 16 or 32."""
         if self.stride not in STRIDES:
             raise ValueError(f"{type(self).__name__} stride must be 8, 16 or 32, got {self.stride}")
+
+    def backbone_conv(
+        self, features: int, padding: Any, name: str, winograd: bool = True
+    ) -> nn.Module:
+        """A 3x3 VGG16 convolution after conv1_1, as `fast` computes it.
+
+        `WinogradConv` when `fast.winograd` (and `winograd`, which a geometry sets to False
+        where it must not be used), else `ConvWithOrderedGrads` when `fast.ordered_grads`,
+        else `nn.Conv`: the same parameters and values (fcn_jax.layers, fcn_jax.winograd).
+        conv1_1 is left out: its 3 input channels make poor matrix products, and its input
+        gradient is never computed.
+        """
+        if self.fast.winograd and winograd:
+            cls = WinogradConv
+        elif self.fast.ordered_grads:
+            cls = ConvWithOrderedGrads
+        else:
+            cls = nn.Conv
+        return cls(
+            features, (3, 3), padding=padding, dtype=self.dtype, param_dtype=jnp.float32, name=name
+        )
 
     def upsampling_layer(self, factor: int, name: str) -> nn.Module:
         """The bilinear-initialised deconvolution k = 2 * factor, stride factor, VALID, no bias.

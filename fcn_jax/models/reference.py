@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from fcn_jax import frame
 from fcn_jax.layers import (
-    ConvWithOrderedGrads,
     conv_with_matmul_grads,
     crop,
     plain_relu_max_pool_ceil,
@@ -62,16 +61,13 @@ class FCN(FCNModel):
 
     def _conv(self, features: int, size: int, padding: Any, matmul_grads: bool, name: str):
         use_matmul = matmul_grads and self.fast.matmul_grads
-        if size == 3 and not matmul_grads and self.fast.ordered_grads:
-            # Not conv1_1: its input gradient is never computed, so nothing would wait.
-            return ConvWithOrderedGrads(
-                features,
-                (3, 3),
-                padding=padding,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=name,
-            )
+        if size == 3 and not matmul_grads:
+            # Never Winograd: conv1_1's padding makes a frame of equal values (§2.4), whose
+            # max-pooling ties send the gradient to each window's first maximum (as Caffe
+            # and XLA do). Winograd's rounding depends on the position in its tile, so it
+            # breaks those ties elsewhere and moves the frame's gradients (conv1_1's kernel
+            # gradient by 5% at 37x45, tests/test_fast_paths.py).
+            return self.backbone_conv(features, padding, name, winograd=False)
         return nn.Conv(
             features,
             (size, size),

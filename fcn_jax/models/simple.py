@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 
 from fcn_jax.layers import (
-    ConvWithOrderedGrads,
     conv_with_matmul_grads,
     plain_relu_max_pool_floor,
     relu_max_pool_floor,
@@ -90,11 +89,8 @@ class SimpleFCN(FCNModel):
         if matmul_grads:
             if self.fast.matmul_grads:
                 kwargs["conv_general_dilated"] = conv_with_matmul_grads
-        elif size == 3 and self.fast.ordered_grads:
-            # Not conv1_1: its input gradient is never computed, so nothing would wait.
-            return ConvWithOrderedGrads(
-                features, (3, 3), padding=1, dtype=self.dtype, param_dtype=jnp.float32, name=name
-            )
+        elif size == 3:
+            return self.backbone_conv(features, 1, name)
         return nn.Conv(
             features,
             (size, size),

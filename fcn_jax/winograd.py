@@ -1,0 +1,266 @@
+"""3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3), forward and backward.
+
+A 3x3 convolution (cross-correlation, as `lax.conv_general_dilated` computes it) makes each
+2x2 block of outputs from the 4x4 tile of inputs under it. Winograd's algorithm F(2x2, 3x3)
+(Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) computes that
+block with 16 multiplications per input/output channel pair instead of 36:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+with d the 4x4 input tile, g the 3x3 kernel and * the element-wise product. Summed over the
+input channels, each of the 16 entries of the transformed tile is one matrix product of
+(tiles x C_in) by (C_in x C_out): 2.25x fewer multiplications than the direct convolution,
+in products that XLA's CPU backend runs near its matmul peak, and the transforms are cheap
+element-wise sums (their coefficients are 0, +-1 and 1/2, so the rounding is that of a
+direct convolution). The backward pass is Winograd too: the kernel gradient sums
+(B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
+forward algorithm run on the output gradient with the kernel turned 180 degrees.
+
+`WinogradConv` is `nn.Conv` for the FCN's 3x3 stride-1 layers computed this way; its backward
+also computes the kernel and bias gradients before the input gradient, as
+`fcn_jax.layers.ConvWithOrderedGrads` does. tests/test_winograd.py checks values and gradients
+against XLA's convolution; where it wins: docs/cpu_speed.md.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcn_jax.layers import ConvWithOrderedGrads
+
+TILE = 2  # output rows (and columns) of a tile: F(2x2, 3x3)
+KERNEL = 3
+# The transforms of F(2x2, 3x3), interpolating at 0, 1, -1 and infinity (Lavin and Gray).
+INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # B^T
+KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
+OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _weighted_sum(terms: list[tuple[float, jax.Array]]) -> jax.Array:
+    """sum(coefficient * array) over the nonzero coefficients, without multiplying by +-1."""
+    total = None
+    for coefficient, array in terms:
+        if coefficient == 0:
+            continue
+        term = array if coefficient == 1 else -array if coefficient == -1 else coefficient * array
+        total = term if total is None else total + term
+    return total
+
+
+def _tile_transforms(x: jax.Array, matrix: np.ndarray, rows: int, cols: int) -> list[jax.Array]:
+    """`matrix @ tile @ matrix.T` for the tiles of `x` at stride 2, one array per entry.
+
+    Args:
+      x: (N, 2 * (rows + 1), 2 * (cols + 1), C); tile (i, j) is x[:, 2i : 2i + taps,
+        2j : 2j + taps] with taps = matrix.shape[1] (at most 4).
+      matrix: (k, taps).
+      rows: the number of tiles down.
+      cols: the number of tiles across.
+
+    Returns:
+      k * k arrays (N, rows, cols, C), entry (a, b) at index a * k + b. Each is its own
+      element-wise sum of strided views of `x`: stacked into one array, XLA's CPU backend
+      writes them several times slower.
+    """
+    n, height, width, channels = x.shape
+    blocks = x.reshape(n, height // TILE, TILE, width // TILE, TILE, channels)
+
+    def tap(r: int, s: int) -> jax.Array:  # element (r, s) of every tile
+        row, col = divmod(r, TILE), divmod(s, TILE)
+        return blocks[:, row[0] : row[0] + rows, row[1], col[0] : col[0] + cols, col[1]]
+
+    taps = range(matrix.shape[1])
+    return [
+        _weighted_sum([(matrix[a, r] * matrix[b, s], tap(r, s)) for r in taps for s in taps])
+        for a in range(matrix.shape[0])
+        for b in range(matrix.shape[0])
+    ]
+
+
+def _tiles(height: int, width: int) -> tuple[int, int]:
+    return -(-height // TILE), -(-width // TILE)
+
+
+def _pad_to_tiles(x: jax.Array, padding: Padding, rows: int, cols: int) -> jax.Array:
+    """`x` padded by `padding` (top, left) and with zeros (or cropped) to 2 * (tiles + 1)."""
+    (top, _), (left, _) = padding
+    height, width = x.shape[1:3]
+    config = (
+        (0, 0, 0),
+        (top, TILE * (rows + 1) - height - top, 0),
+        (left, TILE * (cols + 1) - width - left, 0),
+        (0, 0, 0),
+    )
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _products(
+    lhs: list[jax.Array], rhs: list[jax.Array], precision: Any, transpose_lhs: bool = False
+) -> list[jax.Array]:
+    """lhs[i] @ rhs[i] over the flattened tiles (or lhs[i]^T @ rhs[i]), accumulated in float32."""
+    out = []
+    for a, b in zip(lhs, rhs, strict=True):
+        a = a.reshape(-1, a.shape[-1])
+        b = b.reshape(-1, b.shape[-1]) if transpose_lhs else b
+        contract = (((0,), (0,)), ((), ())) if transpose_lhs else (((1,), (0,)), ((), ()))
+        out.append(
+            jax.lax.dot_general(
+                a, b, contract, precision=precision, preferred_element_type=jnp.float32
+            )
+        )
+    return out
+
+
+def _transformed_kernel(kernel: jax.Array, dtype: Any) -> list[jax.Array]:
+    """G g G^T as 16 (C_in, C_out) matrices, entry (a, b) at index 4a + b."""
+    g = jnp.asarray(KERNEL_TRANSFORM, jnp.float32)
+    u = jnp.einsum("ai,ijco,bj->abco", g, kernel.astype(jnp.float32), g)
+    return list(u.reshape(-1, *kernel.shape[2:]).astype(dtype))
+
+
+def _outputs(
+    padded: jax.Array, u: list[jax.Array], rows: int, cols: int, precision: Any
+) -> jax.Array:
+    """The (N, 2 * rows, 2 * cols, C_out) outputs of all tiles, A^T [U * V] A, in float32.
+
+    Args:
+      padded: the input, padded to (N, 2 * (rows + 1), 2 * (cols + 1), C_in).
+      u: the transformed kernel (`_transformed_kernel`).
+      rows: the number of tiles down.
+      cols: the number of tiles across.
+      precision: as `lax.dot_general`'s.
+    """
+    n, c_out = padded.shape[0], u[0].shape[-1]
+    tiles = _tile_transforms(padded, INPUT_TRANSFORM, rows, cols)
+    m = [p.reshape(n, rows, cols, c_out) for p in _products(tiles, u, precision)]
+    size = len(INPUT_TRANSFORM)
+    grid = [m[a * size : (a + 1) * size] for a in range(size)]  # grid[a][b]
+    # Rows first: out[r][s] is output (2i + r, 2j + s) of every tile (i, j).
+    by_row = [
+        [
+            _weighted_sum([(OUTPUT_TRANSFORM[r, a], grid[a][b]) for a in range(size)])
+            for b in range(size)
+        ]
+        for r in range(TILE)
+    ]
+    out = [
+        [
+            _weighted_sum([(OUTPUT_TRANSFORM[s, b], by_row[r][b]) for b in range(size)])
+            for s in range(TILE)
+        ]
+        for r in range(TILE)
+    ]
+    y = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # (n, rows, r, cols, s, o)
+    return y.reshape(n, TILE * rows, TILE * cols, c_out)
+
+
+def correlate(x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any) -> jax.Array:
+    """NHWC 3x3 stride-1 cross-correlation of `x` padded by `padding`, as XLA computes it.
+
+    Args:
+      x: (N, H, W, C_in).
+      kernel: (3, 3, C_in, C_out).
+      padding: ((top, bottom), (left, right)), each side >= -1 so the output is not empty;
+        negative values crop.
+      precision: as `lax.dot_general`'s, for the matrix products.
+
+    Returns:
+      (N, H + top + bottom - 2, W + left + right - 2, C_out) in x's dtype.
+    """
+    (top, bottom), (left, right) = padding
+    out_h = x.shape[1] + top + bottom - (KERNEL - 1)
+    out_w = x.shape[2] + left + right - (KERNEL - 1)
+    rows, cols = _tiles(out_h, out_w)
+    padded = _pad_to_tiles(x, padding, rows, cols)
+    y = _outputs(padded, _transformed_kernel(kernel, x.dtype), rows, cols, precision)
+    return y[:, :out_h, :out_w].astype(x.dtype)
+
+
+def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any) -> jax.Array:
+    """d(loss)/d(kernel) of `correlate(x, kernel, padding)` given its output gradient, in f32.
+
+    Y = A^T [U * V] A per tile is linear in U = G g G^T, so dU sums V * (A dY A^T) over the
+    tiles (one product per entry) and dg = G^T dU G.
+    """
+    out_h, out_w = grad.shape[1:3]
+    rows, cols = _tiles(out_h, out_w)
+    tiles = _tile_transforms(_pad_to_tiles(x, padding, rows, cols), INPUT_TRANSFORM, rows, cols)
+    grad_tiles = _tile_transforms(
+        _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols), OUTPUT_TRANSFORM.T, rows, cols
+    )
+    du = jnp.stack(_products(tiles, grad_tiles, precision, transpose_lhs=True))
+    size = len(INPUT_TRANSFORM)
+    du = du.reshape(size, size, *du.shape[1:])
+    g = jnp.asarray(KERNEL_TRANSFORM, jnp.float32)
+    return jnp.einsum("ai,abco,bj->ijco", g, du, g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def winograd_conv_bias(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: Padding, precision: Any
+) -> jax.Array:
+    """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
+
+    The backward computes the kernel and bias gradients first and makes the input gradient
+    depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),
+    so that each layer's output gradient and input die before the layers below run.
+
+    Args:
+      x: (N, H, W, C_in).
+      kernel: (3, 3, C_in, C_out).
+      bias: (C_out,).
+      padding: ((top, bottom), (left, right)), each between 0 and 2.
+      precision: as `lax.dot_general`'s.
+    """
+    return correlate(x, kernel, padding, precision) + bias.astype(x.dtype)
+
+
+def _fwd(x, kernel, bias, padding, precision):
+    return winograd_conv_bias(x, kernel, bias, padding, precision), (x, kernel, bias)
+
+
+def _bwd(padding, precision, residuals, grad):
+    x, kernel, bias = residuals
+    # The kernel gradient transforms the same tiles of `x` as the forward pass did; tied to
+    # the output gradient, they are neither shared with the forward pass (CSE) nor built
+    # ahead of the backward pass by XLA's scheduler, either of which would keep 4x every
+    # layer's input alive between the two passes.
+    x = x + jnp.zeros((), x.dtype) * grad[0, 0, 0, 0].astype(x.dtype)
+    dkernel = _kernel_grad(x, grad, padding, precision).astype(kernel.dtype)
+    dbias = grad.astype(jnp.float32).sum((0, 1, 2)).astype(bias.dtype)
+    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(grad.dtype)
+    grad = grad + jnp.zeros((), grad.dtype) * first
+    # The input gradient is the "full" correlation of the output gradient with the kernel
+    # turned 180 degrees (input and output channels swapped), cropped by the padding.
+    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(x.dtype)
+    (top, bottom), (left, right) = padding
+    full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
+    return correlate(grad, turned, full, precision), dkernel, dbias
+
+
+winograd_conv_bias.defvjp(_fwd, _bwd)
+
+
+class WinogradConv(ConvWithOrderedGrads):
+    """`ConvWithOrderedGrads` for 3x3 kernels, computed by Winograd F(2x2, 3x3) both ways.
+
+    Same parameters and values as `nn.Conv` (up to float rounding); padding may be SAME,
+    VALID or explicit with 0 to 2 rows and columns on each side.
+    """
+
+    def _conv_bias(
+        self, x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: Padding
+    ) -> jax.Array:
+        if kernel.shape[:2] != (KERNEL, KERNEL) or not all(
+            0 <= p <= KERNEL - 1 for side in pads for p in side
+        ):
+            raise ValueError(
+                "WinogradConv supports 3x3 kernels with 0 to 2 rows and columns of padding on "
+                f"each side, got a {kernel.shape[0]}x{kernel.shape[1]} kernel and padding {pads}"
+            )
+        return winograd_conv_bias(x, kernel, bias, pads, self.precision)

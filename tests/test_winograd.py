@@ -1,0 +1,98 @@
+"""Tests for fcn_jax.winograd: Winograd F(2x2, 3x3) against XLA's own convolution."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcn_jax import layers, winograd
+from tests.helpers import conv_stack_grad_temporaries
+
+
+def _values_and_grads(module, variables, x, g):
+    out, vjp = jax.vjp(module.apply, variables, x)
+    return out, jax.jit(vjp)(g)
+
+
+@pytest.mark.parametrize(
+    "shape, padding",
+    [
+        ((2, 9, 7, 3), 1),  # odd sides: the last tile row and column are partly outside
+        ((1, 8, 6, 5), "VALID"),
+        ((1, 5, 6, 2), ((2, 0), (1, 2))),
+        ((1, 4, 4, 2), "SAME"),
+        ((1, 1, 1, 4), 1),  # a single pixel
+    ],
+)
+def test_winograd_conv_equals_flax_conv(shape, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    options = dict(features=6, kernel_size=(3, 3), padding=padding)
+    plain, fast = nn.Conv(**options), winograd.WinogradConv(**options)
+    variables = plain.init(jax.random.key(1), x)
+    # The same parameters from the same initialisers; then a random bias, not the zero init.
+    np.testing.assert_array_equal(
+        fast.init(jax.random.key(1), x)["params"]["kernel"], variables["params"]["kernel"]
+    )
+    variables = {"params": {**variables["params"], "bias": jnp.arange(6.0) - 2.5}}
+    g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
+    want, want_grads = _values_and_grads(plain, variables, x, g)
+    got, got_grads = _values_and_grads(fast, variables, x, g)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_winograd_conv_in_bfloat16_stays_close_to_float32():
+    x = jax.random.normal(jax.random.key(0), (1, 12, 10, 8))
+    plain = nn.Conv(8, (3, 3), padding=1)
+    fast = winograd.WinogradConv(8, (3, 3), padding=1, dtype=jnp.bfloat16)
+    variables = plain.init(jax.random.key(1), x)
+    want = plain.apply(variables, x)
+    got = fast.apply(variables, x)
+    assert got.dtype == jnp.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: about 1% of the output's scale.
+    np.testing.assert_allclose(
+        got.astype(jnp.float32), want, atol=0.02 * float(jnp.abs(want).max())
+    )
+
+
+def test_winograd_conv_refuses_what_it_does_not_compute():
+    x = jnp.zeros((1, 6, 6, 2))
+    for kernel_size, options in (
+        ((5, 5), {}),
+        ((1, 1), {}),
+        ((3, 3), dict(padding=3)),
+        ((3, 3), dict(strides=2)),
+        ((3, 3), dict(use_bias=False)),
+    ):
+        with pytest.raises(ValueError, match="supports"):
+            winograd.WinogradConv(2, kernel_size, **options).init(jax.random.key(0), x)
+
+
+def _flops(module, x):
+    variables = module.init(jax.random.key(0), x)
+    compiled = jax.jit(module.apply).lower(variables, x).compile()
+    return compiled.cost_analysis()["flops"]
+
+
+def test_winograd_conv_does_fewer_multiplications():
+    # What the layer is for: F(2x2, 3x3) multiplies 16 times per 2x2 outputs and channel
+    # pair where the direct convolution multiplies 36 times; the transforms add a little.
+    x = jnp.zeros((1, 32, 32, 64))
+    direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
+    assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) < 0.5 * direct
+
+
+def test_backward_does_not_keep_the_forward_tiles_alive():
+    # The kernel gradient transforms the tiles of each layer's input again, tied to the
+    # output gradient: shared with the forward pass they would stay alive between the two
+    # passes, four times every layer's input. With them tied, a stack of Winograd layers
+    # keeps no more than a stack of ConvWithOrderedGrads, whose backward does the same.
+    x = jnp.zeros((1, 64, 64, 16))
+    tiles_of_all_layers = 4 * 4 * x.size * 4  # 4 layers, tiles 4x the input, float32
+    excess = conv_stack_grad_temporaries(winograd.WinogradConv, x) - conv_stack_grad_temporaries(
+        layers.ConvWithOrderedGrads, x
+    )
+    assert excess < tiles_of_all_layers / 2
