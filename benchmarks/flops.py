@@ -13,7 +13,8 @@ frame.
 the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed` does not
 apply to it. `winograd=True` counts what it executes with the `winograd` fast path: its 3x3
 convolutions after conv1_1 multiply 16 times per 2x2 outputs where the direct convolution
-multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are not counted).
+multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are not counted),
+outside a train step only where they have enough input channels.
 """
 
 import math
@@ -23,6 +24,7 @@ import numpy as np
 
 from fcn_jax import frame, models
 from fcn_jax.models import reference, simple
+from fcn_jax.winograd import FORWARD_MIN_CHANNELS
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -63,6 +65,18 @@ def _simple_block_sizes(height: int, width: int) -> dict[int, tuple[int, int]]:
     padded to a multiple of 32, halved by each pooling before the block."""
     h, w = simple.padded_side(height), simple.padded_side(width)
     return {block: (h >> (block - 1), w >> (block - 1)) for block, _, _ in models.VGG16_BLOCKS}
+
+
+def _winograd_flops(flops: dict[str, int], min_channels: int) -> dict[str, int]:
+    """`flops` with 16/36 of the multiplications in the Winograd layers (module docstring)."""
+    c_in, out = 3, {}
+    for block, num_convs, channels in models.VGG16_BLOCKS:
+        for i in range(1, num_convs + 1):
+            layer = f"conv{block}_{i}"
+            on = layer != "conv1_1" and c_in >= min_channels
+            out[layer] = flops[layer] * 16 // 36 if on else flops[layer]
+            c_in = channels
+    return out
 
 
 def _vgg_flops(
@@ -116,11 +130,14 @@ def layer_flops(
     framed: bool = False,
     geometry: str = "reference",
     winograd: bool = False,
+    train: bool = False,
 ) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
 
     `framed` applies to the reference geometry only, `winograd` to the simple one; the simple
-    one has no at-once variant.
+    one has no at-once variant. `train`: the forward pass of a train step, where every
+    Winograd layer runs Winograd (outside one, those with few input channels do not,
+    `fcn_jax.winograd.FORWARD_MIN_CHANNELS`).
 
     Raises:
       ValueError: for `winograd` in the reference geometry.
@@ -130,7 +147,7 @@ def layer_flops(
     if geometry == "simple":
         flops, pools = _vgg_flops(_simple_block_sizes(height, width))
         if winograd:
-            flops = {layer: n if layer == "conv1_1" else n * 16 // 36 for layer, n in flops.items()}
+            flops = _winograd_flops(flops, 0 if train else FORWARD_MIN_CHANNELS)
         fc, fc_kernel = pools[5], 1
     else:
         flops, pools = _vgg_flops(_block_sizes(height, width, framed))
@@ -158,7 +175,7 @@ def train_flops(name: str, height: int, width: int, num_classes: int = 21, **opt
     `options` (`framed`, `geometry`, `winograd`) as for `layer_flops`.
     """
     total = 0
-    for layer, fwd in layer_flops(name, height, width, num_classes, **options).items():
+    for layer, fwd in layer_flops(name, height, width, num_classes, train=True, **options).items():
         input_grad = 0 if layer == "conv1_1" else fwd
         weight_grad = 0 if layer.startswith("upscore") else fwd
         total += fwd + input_grad + weight_grad

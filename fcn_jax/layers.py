@@ -144,7 +144,8 @@ def zero_beyond(x: jax.Array, extents: jax.Array | None) -> jax.Array:
     return jnp.where(rows & cols, x, jnp.zeros((), x.dtype))
 
 
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any) -> jax.Array:
+def conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any) -> jax.Array:
+    """XLA's NHWC/HWIO stride-1 convolution with explicit ((top, bottom), (left, right)) padding."""
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -159,11 +160,11 @@ def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any) 
 def _conv_matmul_grads(
     x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any
 ) -> jax.Array:
-    return _conv_nhwc(x, kernel, padding, precision)
+    return conv_nhwc(x, kernel, padding, precision)
 
 
 def _matmul_grads_fwd(x, kernel, padding, precision):
-    return _conv_nhwc(x, kernel, padding, precision), (x, kernel)
+    return conv_nhwc(x, kernel, padding, precision), (x, kernel)
 
 
 def _matmul_grads_bwd(padding, precision, residuals, grad):
@@ -382,7 +383,7 @@ class ConvWithOrderedGrads(nn.Conv):
 def _conv_bias(
     x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple, precision: Any
 ) -> jax.Array:
-    return _conv_nhwc(x, kernel, padding, precision) + bias
+    return conv_nhwc(x, kernel, padding, precision) + bias
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

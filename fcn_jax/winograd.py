@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.layers import ConvWithOrderedGrads
+from fcn_jax.layers import ConvWithOrderedGrads, conv_nhwc
 
 TILE = 2  # output rows (and columns) of a tile: F(2x2, 3x3)
 KERNEL = 3
@@ -37,6 +37,11 @@ KERNEL = 3
 INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # B^T
 KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
+# Outside differentiation (inference), inputs with fewer channels run XLA's convolution: the
+# transforms move 4x the input and the output through memory for products only 64 deep
+# (conv1_2 and conv2_1 of VGG16), which made the eval step slower and held 8x the input at
+# once. The train step was faster with them (docs/benchmarks.md).
+FORWARD_MIN_CHANNELS = 128
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -206,6 +211,9 @@ def winograd_conv_bias(
 ) -> jax.Array:
     """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
 
+    Evaluated without differentiation, an input of fewer than `FORWARD_MIN_CHANNELS` channels
+    is convolved by XLA instead: the same values up to float rounding.
+
     The backward computes the kernel and bias gradients first and makes the input gradient
     depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),
     so that each layer's output gradient and input die before the layers below run.
@@ -217,11 +225,16 @@ def winograd_conv_bias(
       padding: ((top, bottom), (left, right)), each between 0 and 2.
       precision: as `lax.dot_general`'s.
     """
+    if x.shape[-1] < FORWARD_MIN_CHANNELS:
+        return conv_nhwc(x, kernel.astype(x.dtype), padding, precision) + bias.astype(x.dtype)
     return correlate(x, kernel, padding, precision) + bias.astype(x.dtype)
 
 
 def _fwd(x, kernel, bias, padding, precision):
-    return winograd_conv_bias(x, kernel, bias, padding, precision), (x, kernel, bias)
+    # Under differentiation every layer's forward pass is Winograd: in the train step it
+    # won time on the 64-channel inputs too (docs/benchmarks.md).
+    y = correlate(x, kernel, padding, precision) + bias.astype(x.dtype)
+    return y, (x, kernel, bias)
 
 
 def _bwd(padding, precision, residuals, grad):

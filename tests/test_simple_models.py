@@ -181,6 +181,24 @@ def test_sizes_on_a_canvas_equal_the_own_size_run(name):
     assert relative_error(plain[0, :37, :45], np.asarray(out[0, :37, :45])) > 1e-3
 
 
+def test_sizes_on_a_canvas_hold_for_the_winograd_convolutions():
+    # Under differentiation every 3x3 convolution after conv1_1 runs Winograd whatever its
+    # channel count (fcn_jax.winograd): the logits a train step sees keep the sizes' promise.
+    model = models.get_model("fcn8s", 3, geometry="simple", width=1 / 32, fast_paths="all")
+    assert model.fast.winograd
+    variables = random_variables(model)
+
+    def train_logits(images, sizes=None):
+        return jax.vjp(lambda v: model.apply(v, images, sizes), variables)[0]
+
+    canvas = jax.random.normal(jax.random.key(3), (2, 96, 128, 3))
+    sizes = np.array([[37, 45], [64, 33]], np.int32)
+    out = jax.jit(train_logits)(canvas, sizes)
+    for i, (h, w) in enumerate(sizes):
+        own = train_logits(canvas[i : i + 1, :h, :w])
+        np.testing.assert_allclose(out[i, :h, :w], own[0], atol=1e-5 * float(jnp.abs(own).max()))
+
+
 def test_dropout_only_in_training():
     model = simple_model("fcn32s")
     variables = load("fcn32s")

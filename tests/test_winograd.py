@@ -23,6 +23,7 @@ def _values_and_grads(module, variables, x, g):
         ((1, 5, 6, 2), ((2, 0), (1, 2))),
         ((1, 4, 4, 2), "SAME"),
         ((1, 1, 1, 4), 1),  # a single pixel
+        ((1, 6, 5, 128), 1),  # enough channels for Winograd outside differentiation too
     ],
 )
 def test_winograd_conv_equals_flax_conv(shape, padding):
@@ -39,7 +40,8 @@ def test_winograd_conv_equals_flax_conv(shape, padding):
     want, want_grads = _values_and_grads(plain, variables, x, g)
     got, got_grads = _values_and_grads(fast, variables, x, g)
     assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    for values in (got, fast.apply(variables, x)):  # differentiated, and not
+        np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
@@ -79,10 +81,15 @@ def _flops(module, x):
 
 def test_winograd_conv_does_fewer_multiplications():
     # What the layer is for: F(2x2, 3x3) multiplies 16 times per 2x2 outputs and channel
-    # pair where the direct convolution multiplies 36 times; the transforms add a little.
-    x = jnp.zeros((1, 32, 32, 64))
+    # pair where the direct convolution multiplies 36 times
+    # (0.44x), and XLA counts the transforms' additions too.
+    x = jnp.zeros((1, 16, 16, winograd.FORWARD_MIN_CHANNELS))
     direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
-    assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) < 0.5 * direct
+    assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) < 0.6 * direct
+    # Outside differentiation, an input of fewer channels runs XLA's own convolution.
+    x = jnp.zeros((1, 16, 16, winograd.FORWARD_MIN_CHANNELS // 2))
+    direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
+    assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) == direct
 
 
 def test_backward_does_not_keep_the_forward_tiles_alive():
