@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 from benchmarks import flops
 from benchmarks.steps import NUM_CLASSES, PEAK_TFLOPS, _jax_variables
 from configs import default
-from fcn_jax import fast_paths, layers, optim, steps, xla_setup
+from fcn_jax import fast_paths, layers, optim, steps, winograd, xla_setup
 from fcn_jax.models import reference
 
 MODEL = "fcn8s"
@@ -98,14 +98,32 @@ def _upsampling_pair(stride: int, classes: int) -> tuple[Callable, Callable]:
     return trick, plain
 
 
+def _winograd_pair() -> tuple[Callable, Callable]:
+    pads = ((1, 1), (1, 1))
+
+    def trick(x, k):
+        bias = jnp.zeros(k.shape[-1], x.dtype)
+        return winograd.winograd_conv_bias(x, k, bias, pads, None)
+
+    def plain(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    return trick, plain
+
+
 def op_cases(
     batch: int, size: int, width: float, classes: int
 ) -> list[tuple[str, Callable, Callable, tuple]]:
-    """(name, trick, plain, inputs) at the shapes of an unframed FCN-8s step at `size`."""
-    c64, c512, c4096 = (max(1, round(c * width)) for c in (64, 512, 4096))
+    """(name, trick, plain, inputs) at the shapes of an unframed FCN-8s step at `size`.
+
+    The Winograd case has the course-notes geometry's shapes, the only one that uses it.
+    """
+    c64, c256, c512, c4096 = (max(1, round(c * width)) for c in (64, 256, 512, 4096))
     conv1 = size + 2 * reference.CONV1_1_PADDING - 2  # conv1_2's output
     pool5 = -(-conv1 // 32)  # after five ceil-mode poolings
-    keys = iter(jax.random.split(jax.random.key(0), 8))
+    keys = iter(jax.random.split(jax.random.key(0), 10))
 
     def normal(*shape, fan_in=1):
         return jax.random.normal(next(keys), shape) / np.sqrt(fan_in)
@@ -120,6 +138,8 @@ def op_cases(
         ("subpixel: upscore8", *_upsampling_pair(8, classes),
          (normal(batch, 4 * pool5 - 2, 4 * pool5 - 2, classes),
           normal(16, 16, classes, classes, fan_in=256 * classes))),
+        ("winograd: conv3_2 (simple)", *_winograd_pair(),
+         (normal(batch, size // 4, size // 4, c256), normal(3, 3, c256, c256, fan_in=9 * c256))),
     ]  # fmt: skip
 
 
