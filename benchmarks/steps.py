@@ -369,7 +369,7 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
             *size,
             framed=fast.frame,
             geometry=geometry,
-            **({"winograd": fast.winograd} if geometry == "simple" else {}),
+            winograd=fast.winograd and geometry == "simple",
         ),
         "torch": count(*size, geometry=geometry),
     }
