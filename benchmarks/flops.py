@@ -11,10 +11,12 @@ frame.
 
 `geometry="simple"` counts the course-notes geometry (fcn_jax/models/simple.py): every map is
 the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed` does not
-apply to it. `winograd=True` counts what it executes with the `winograd` fast path: its 3x3
-convolutions after conv1_1 multiply 16 times per 2x2 outputs where the direct convolution
-multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are not counted),
-outside a train step only where they have enough input channels.
+apply to it. `winograd=True` counts what fcn-jax executes with the `winograd` fast path: the
+3x3 convolutions after conv1_1 that run Winograd multiply 16 times per 2x2 outputs where the
+direct convolution multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are
+not counted). Those are every kernel gradient, the input gradients and (in the simple
+geometry only) the forward passes whose input has at least
+`fcn_jax.winograd.MIN_CHANNELS` channels.
 """
 
 import math
@@ -24,7 +26,7 @@ import numpy as np
 
 from fcn_jax import frame, models
 from fcn_jax.models import reference, simple
-from fcn_jax.winograd import FORWARD_MIN_CHANNELS
+from fcn_jax.winograd import MIN_CHANNELS
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -67,16 +69,20 @@ def _simple_block_sizes(height: int, width: int) -> dict[int, tuple[int, int]]:
     return {block: (h >> (block - 1), w >> (block - 1)) for block, _, _ in models.VGG16_BLOCKS}
 
 
-def _winograd_flops(flops: dict[str, int], min_channels: int) -> dict[str, int]:
-    """`flops` with 16/36 of the multiplications in the Winograd layers (module docstring)."""
-    c_in, out = 3, {}
+def _winograd_layers() -> dict[str, tuple[int, int]]:
+    """(input channels, output channels) of each 3x3 convolution `winograd` computes."""
+    c_in, layers = 3, {}
     for block, num_convs, channels in models.VGG16_BLOCKS:
         for i in range(1, num_convs + 1):
-            layer = f"conv{block}_{i}"
-            on = layer != "conv1_1" and c_in >= min_channels
-            out[layer] = flops[layer] * 16 // 36 if on else flops[layer]
+            if (block, i) != (1, 1):
+                layers[f"conv{block}_{i}"] = (c_in, channels)
             c_in = channels
-    return out
+    return layers
+
+
+def _winograd(flops: int, channels: int = MIN_CHANNELS) -> int:
+    """A direct convolution's `flops` as Winograd counts them, if its input has `channels`."""
+    return flops * 16 // 36 if channels >= MIN_CHANNELS else flops
 
 
 def _vgg_flops(
@@ -130,24 +136,17 @@ def layer_flops(
     framed: bool = False,
     geometry: str = "reference",
     winograd: bool = False,
-    train: bool = False,
 ) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
 
-    `framed` applies to the reference geometry only, `winograd` to the simple one; the simple
-    one has no at-once variant. `train`: the forward pass of a train step, where every
-    Winograd layer runs Winograd (outside one, those with few input channels do not,
-    `fcn_jax.winograd.FORWARD_MIN_CHANNELS`).
-
-    Raises:
-      ValueError: for `winograd` in the reference geometry.
+    `framed` applies to the reference geometry only, `winograd` (the module docstring) to the
+    forward pass of the simple one; the simple one has no at-once variant.
     """
-    if winograd and geometry != "simple":
-        raise ValueError("only the simple geometry runs Winograd convolutions")
     if geometry == "simple":
         flops, pools = _vgg_flops(_simple_block_sizes(height, width))
         if winograd:
-            flops = _winograd_flops(flops, 0 if train else FORWARD_MIN_CHANNELS)
+            for layer, (c_in, _) in _winograd_layers().items():
+                flops[layer] = _winograd(flops[layer], c_in)
         fc, fc_kernel = pools[5], 1
     else:
         flops, pools = _vgg_flops(_block_sizes(height, width, framed))
@@ -169,14 +168,28 @@ def forward_flops(name: str, height: int, width: int, num_classes: int = 21, **o
     return int(np.sum(list(layer_flops(name, height, width, num_classes, **options).values())))
 
 
-def train_flops(name: str, height: int, width: int, num_classes: int = 21, **options: Any) -> int:
+def train_flops(
+    name: str,
+    height: int,
+    width: int,
+    num_classes: int = 21,
+    winograd: bool = False,
+    **options: Any,
+) -> int:
     """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe).
 
-    `options` (`framed`, `geometry`, `winograd`) as for `layer_flops`.
+    `winograd` (the module docstring) and `options` (`framed`, `geometry`) as for
+    `layer_flops`.
     """
-    total = 0
-    for layer, fwd in layer_flops(name, height, width, num_classes, train=True, **options).items():
-        input_grad = 0 if layer == "conv1_1" else fwd
-        weight_grad = 0 if layer.startswith("upscore") else fwd
-        total += fwd + input_grad + weight_grad
+    winograd_layers = _winograd_layers() if winograd else {}
+    direct = layer_flops(name, height, width, num_classes, **options)
+    total = forward_flops(name, height, width, num_classes, winograd=winograd, **options)
+    for layer, flops in direct.items():
+        input_grad = 0 if layer == "conv1_1" else flops
+        weight_grad = 0 if layer.startswith("upscore") else flops
+        if layer in winograd_layers:
+            # The input gradient correlates the output gradient: C_out channels deep.
+            input_grad = _winograd(input_grad, winograd_layers[layer][1])
+            weight_grad = _winograd(weight_grad)
+        total += input_grad + weight_grad
     return total

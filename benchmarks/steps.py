@@ -25,8 +25,8 @@ on both sides (weights decayed at the learning rate, biases at its multiple with
 the bilinear upsampling frozen) and the void label 255 ignored (5% of the pixels carry it).
 
 Columns: median seconds per step and images per second; GFLOP per step as executed (on a CPU
-fcn-jax skips most of the padding frame, fcn_jax.frame, and multiplies less in the simple
-geometry's Winograd convolutions, fcn_jax.winograd; PyTorch runs the analytic count, printed
+fcn-jax skips most of the padding frame, fcn_jax.frame, and multiplies less in its Winograd
+convolutions, fcn_jax.winograd; PyTorch runs the analytic count, printed
 beside it) and the GFLOP/s they make, also as a fraction of a measured matmul peak; peak
 memory (on a CPU each worker's resident set from after set-up to the end, on an accelerator
 the device's peak bytes in use); compile time (JAX: lowering and compiling; PyTorch: its
@@ -362,15 +362,10 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
     size = (case["model"], case["height"], case["width"], NUM_CLASSES)
     geometry = case["geometry"]
     device = workers[0].info
-    # What the JAX worker's model runs: the frame (reference) or Winograd (simple) where on.
+    # What the JAX worker's model runs: the frame (reference) and Winograd where on.
     fast = fast_paths.resolve("auto", device["platform"])
     executed = {
-        "jax": count(
-            *size,
-            framed=fast.frame,
-            geometry=geometry,
-            winograd=fast.winograd and geometry == "simple",
-        ),
+        "jax": count(*size, framed=fast.frame, geometry=geometry, winograd=fast.winograd),
         "torch": count(*size, geometry=geometry),
     }
     label = case["model"] + (" (simple)" if geometry == "simple" else "")

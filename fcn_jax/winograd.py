@@ -37,11 +37,13 @@ KERNEL = 3
 INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # B^T
 KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
-# Outside differentiation (inference), inputs with fewer channels run XLA's convolution: the
-# transforms move 4x the input and the output through memory for products only 64 deep
-# (conv1_2 and conv2_1 of VGG16), which made the eval step slower and held 8x the input at
-# once. The train step was faster with them (docs/benchmarks.md).
-FORWARD_MIN_CHANNELS = 128
+# A correlation whose input has fewer channels (conv1_2's and conv2_1's forward pass, conv1_2's
+# input gradient) runs XLA's convolution instead: products only 64 deep won no time there
+# (110.9 ms Winograd, 106.8 ms XLA, conv1_2's forward pass at 512x512), while the 16
+# transformed 512x512 maps of one such correlation made the train step's peak memory
+# (docs/benchmarks.md). Kernel gradients are Winograd's at every channel count: XLA's ran
+# 3x slower than its forward pass there.
+MIN_CHANNELS = 128
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -205,14 +207,30 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
     return jnp.einsum("ai,abco,bj->ijco", g, du, g)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _correlate_or_xla(
+    x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any, winograd: bool
+) -> jax.Array:
+    """`correlate`, or XLA's convolution if not `winograd` or `x` has under MIN_CHANNELS."""
+    if winograd and x.shape[-1] >= MIN_CHANNELS:
+        return correlate(x, kernel, padding, precision)
+    return conv_nhwc(x, kernel.astype(x.dtype), padding, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def winograd_conv_bias(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: Padding, precision: Any
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    padding: Padding,
+    precision: Any,
+    forward: bool = True,
 ) -> jax.Array:
     """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
 
-    Evaluated without differentiation, an input of fewer than `FORWARD_MIN_CHANNELS` channels
-    is convolved by XLA instead: the same values up to float rounding.
+    The forward pass and the input gradient are Winograd's where their input has at least
+    `MIN_CHANNELS` channels, XLA's convolution elsewhere (the same values up to float
+    rounding); the kernel gradient is always Winograd's. With `forward=False` the forward
+    pass is always XLA's, so the values a model computes are exactly XLA's, ties included.
 
     The backward computes the kernel and bias gradients first and makes the input gradient
     depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),
@@ -224,20 +242,18 @@ def winograd_conv_bias(
       bias: (C_out,).
       padding: ((top, bottom), (left, right)), each between 0 and 2.
       precision: as `lax.dot_general`'s.
+      forward: whether the forward pass may be Winograd's too.
     """
-    if x.shape[-1] < FORWARD_MIN_CHANNELS:
-        return conv_nhwc(x, kernel.astype(x.dtype), padding, precision) + bias.astype(x.dtype)
-    return correlate(x, kernel, padding, precision) + bias.astype(x.dtype)
+    return _correlate_or_xla(x, kernel, padding, precision, forward) + bias.astype(x.dtype)
 
 
-def _fwd(x, kernel, bias, padding, precision):
-    # Under differentiation every layer's forward pass is Winograd: in the train step it
-    # won time on the 64-channel inputs too (docs/benchmarks.md).
-    y = correlate(x, kernel, padding, precision) + bias.astype(x.dtype)
+def _fwd(x, kernel, bias, padding, precision, forward):
+    y = _correlate_or_xla(x, kernel, padding, precision, forward) + bias.astype(x.dtype)
     return y, (x, kernel, bias)
 
 
-def _bwd(padding, precision, residuals, grad):
+def _bwd(padding, precision, forward, residuals, grad):
+    del forward  # the gradients are Winograd's either way
     x, kernel, bias = residuals
     # The kernel gradient transforms the same tiles of `x` as the forward pass did; tied to
     # the output gradient, they are neither shared with the forward pass (CSE) nor built
@@ -250,10 +266,11 @@ def _bwd(padding, precision, residuals, grad):
     grad = grad + jnp.zeros((), grad.dtype) * first
     # The input gradient is the "full" correlation of the output gradient with the kernel
     # turned 180 degrees (input and output channels swapped), cropped by the padding.
-    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(x.dtype)
+    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
-    return correlate(grad, turned, full, precision), dkernel, dbias
+    dx = _correlate_or_xla(grad, turned.astype(x.dtype), full, precision, winograd=True)
+    return dx, dkernel, dbias
 
 
 winograd_conv_bias.defvjp(_fwd, _bwd)
@@ -264,7 +281,14 @@ class WinogradConv(ConvWithOrderedGrads):
 
     Same parameters and values as `nn.Conv` (up to float rounding); padding may be SAME,
     VALID or explicit with 0 to 2 rows and columns on each side.
+
+    Attributes (besides `nn.Conv`'s):
+      winograd_forward: compute the forward pass by Winograd too (see `winograd_conv_bias`).
+        False keeps XLA's forward values exactly, for a model whose max-pooling ties must
+        fall as the plain path's do; its gradients are still Winograd's.
     """
+
+    winograd_forward: bool = True
 
     def _conv_bias(
         self, x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: Padding
@@ -276,4 +300,4 @@ class WinogradConv(ConvWithOrderedGrads):
                 "WinogradConv supports 3x3 kernels with 0 to 2 rows and columns of padding on "
                 f"each side, got a {kernel.shape[0]}x{kernel.shape[1]} kernel and padding {pads}"
             )
-        return winograd_conv_bias(x, kernel, bias, pads, self.precision)
+        return winograd_conv_bias(x, kernel, bias, pads, self.precision, self.winograd_forward)

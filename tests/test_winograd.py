@@ -15,27 +15,31 @@ def _values_and_grads(module, variables, x, g):
     return out, jax.jit(vjp)(g)
 
 
+# Winograd computes every kernel gradient, and the forward pass (input gradient) where the
+# input (output) has at least MIN_CHANNELS channels; XLA's convolution the rest.
 @pytest.mark.parametrize(
-    "shape, padding",
+    "shape, features, padding",
     [
-        ((2, 9, 7, 3), 1),  # odd sides: the last tile row and column are partly outside
-        ((1, 8, 6, 5), "VALID"),
-        ((1, 5, 6, 2), ((2, 0), (1, 2))),
-        ((1, 4, 4, 2), "SAME"),
-        ((1, 1, 1, 4), 1),  # a single pixel
-        ((1, 6, 5, 128), 1),  # enough channels for Winograd outside differentiation too
+        ((2, 9, 7, 3), 6, 1),  # odd sides: the last tile row and column are partly outside
+        ((1, 8, 6, 5), 6, "VALID"),
+        ((1, 5, 6, 2), 6, ((2, 0), (1, 2))),
+        ((1, 4, 4, 2), 6, "SAME"),
+        ((1, 1, 1, 4), 6, 1),  # a single pixel
+        ((1, 6, 5, 128), 6, 1),  # a Winograd forward pass
+        ((1, 7, 6, 4), 128, ((2, 0), (1, 2))),  # a Winograd input gradient
+        ((1, 5, 5, 128), 128, "VALID"),  # both
     ],
 )
-def test_winograd_conv_equals_flax_conv(shape, padding):
+def test_winograd_conv_equals_flax_conv(shape, features, padding):
     x = jax.random.normal(jax.random.key(0), shape)
-    options = dict(features=6, kernel_size=(3, 3), padding=padding)
+    options = dict(features=features, kernel_size=(3, 3), padding=padding)
     plain, fast = nn.Conv(**options), winograd.WinogradConv(**options)
     variables = plain.init(jax.random.key(1), x)
     # The same parameters from the same initialisers; then a random bias, not the zero init.
     np.testing.assert_array_equal(
         fast.init(jax.random.key(1), x)["params"]["kernel"], variables["params"]["kernel"]
     )
-    variables = {"params": {**variables["params"], "bias": jnp.arange(6.0) - 2.5}}
+    variables = {"params": {**variables["params"], "bias": jnp.arange(features) - 2.5}}
     g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
     want, want_grads = _values_and_grads(plain, variables, x, g)
     got, got_grads = _values_and_grads(fast, variables, x, g)
@@ -44,6 +48,24 @@ def test_winograd_conv_equals_flax_conv(shape, padding):
         np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_winograd_conv_can_keep_xla_forward_values_exactly():
+    # What the reference geometry relies on: equal inputs give exactly equal outputs, so its
+    # max-pooling ties fall as on the plain path; only the gradients are Winograd's.
+    x = jax.random.normal(jax.random.key(0), (1, 6, 8, 128))
+    plain = nn.Conv(128, (3, 3), padding=1)
+    fast = winograd.WinogradConv(128, (3, 3), padding=1, winograd_forward=False)
+    variables = plain.init(jax.random.key(1), x)
+    g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
+    want, want_grads = _values_and_grads(plain, variables, x, g)
+    got, got_grads = _values_and_grads(fast, variables, x, g)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(fast.apply(variables, x), want)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    x = jnp.zeros((1, 16, 16, 128))  # large enough for the transforms' additions not to count
+    assert _grad_flops(fast, x) < 0.75 * _grad_flops(plain, x)
 
 
 def test_winograd_conv_in_bfloat16_stays_close_to_float32():
@@ -79,17 +101,26 @@ def _flops(module, x):
     return compiled.cost_analysis()["flops"]
 
 
+def _grad_flops(module, x):
+    """FLOPs of the gradients of a sum of `module`'s outputs, w.r.t. its parameters and x."""
+    variables = module.init(jax.random.key(0), x)
+    grad = jax.grad(lambda v, x: module.apply(v, x).sum(), argnums=(0, 1))
+    return jax.jit(grad).lower(variables, x).compile().cost_analysis()["flops"]
+
+
 def test_winograd_conv_does_fewer_multiplications():
     # What the layer is for: F(2x2, 3x3) multiplies 16 times per 2x2 outputs and channel
     # pair where the direct convolution multiplies 36 times
     # (0.44x), and XLA counts the transforms' additions too.
-    x = jnp.zeros((1, 16, 16, winograd.FORWARD_MIN_CHANNELS))
+    x = jnp.zeros((1, 16, 16, winograd.MIN_CHANNELS))
     direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
     assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) < 0.6 * direct
-    # Outside differentiation, an input of fewer channels runs XLA's own convolution.
-    x = jnp.zeros((1, 16, 16, winograd.FORWARD_MIN_CHANNELS // 2))
-    direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
-    assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) == direct
+    # An input of fewer channels runs XLA's own convolution forwards; its kernel gradient
+    # is still Winograd's (forward 1, input gradient 1, kernel gradient 0.44 of direct's).
+    x = jnp.zeros((1, 16, 16, winograd.MIN_CHANNELS // 2))
+    plain, fast = nn.Conv(64, (3, 3), padding=1), winograd.WinogradConv(64, (3, 3), padding=1)
+    assert _flops(fast, x) == _flops(plain, x)
+    assert _grad_flops(fast, x) < 0.9 * _grad_flops(plain, x)
 
 
 def test_backward_does_not_keep_the_forward_tiles_alive():
