@@ -86,9 +86,10 @@ _TRICKS = (
     Trick(
         "winograd",
         _CPU,
-        "Course-notes geometry: the 3x3 convolutions other than conv1_1 as "
-        "fcn_jax.winograd.WinogradConv: Winograd's "
-        "F(2x2, 3x3), 2.25x fewer multiplications in the forward pass and both gradients, "
+        "The 3x3 convolutions other than conv1_1 as fcn_jax.winograd.WinogradConv: "
+        "Winograd's F(2x2, 3x3), 2.25x fewer multiplications in the kernel gradients, and in "
+        "the input gradients and (course-notes geometry only) forward passes with 128 "
+        "channels or more, "
         "as matrix products that XLA's CPU backend runs faster than its convolutions, whose "
         "kernel gradients run well below their forward speed. Its backward orders the "
         "gradients as ordered_grads does, which it replaces where both are on. "

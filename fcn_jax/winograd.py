@@ -63,8 +63,8 @@ def _tile_transforms(x: jax.Array, matrix: np.ndarray, rows: int, cols: int) -> 
     """`matrix @ tile @ matrix.T` for the tiles of `x` at stride 2, one array per entry.
 
     Args:
-      x: (N, 2 * (rows + 1), 2 * (cols + 1), C); tile (i, j) is x[:, 2i : 2i + taps,
-        2j : 2j + taps] with taps = matrix.shape[1] (at most 4).
+      x: (N, 2 * rows + taps - 2, 2 * cols + taps - 2, C); tile (i, j) is
+        x[:, 2i : 2i + taps, 2j : 2j + taps] with taps = matrix.shape[1] (2 or 4).
       matrix: (k, taps).
       rows: the number of tiles down.
       cols: the number of tiles across.
@@ -93,14 +93,18 @@ def _tiles(height: int, width: int) -> tuple[int, int]:
     return -(-height // TILE), -(-width // TILE)
 
 
-def _pad_to_tiles(x: jax.Array, padding: Padding, rows: int, cols: int) -> jax.Array:
-    """`x` padded by `padding` (top, left) and with zeros (or cropped) to 2 * (tiles + 1)."""
+def _pad_to_tiles(x: jax.Array, padding: Padding, rows: int, cols: int, taps: int = 4) -> jax.Array:
+    """`x` padded by `padding` (top, left), then with zeros (or cropped) to what the tiles cover.
+
+    `rows` x `cols` tiles of `taps` x `taps` at stride 2 cover 2 * tiles + taps - 2 rows
+    (columns).
+    """
     (top, _), (left, _) = padding
     height, width = x.shape[1:3]
     config = (
         (0, 0, 0),
-        (top, TILE * (rows + 1) - height - top, 0),
-        (left, TILE * (cols + 1) - width - left, 0),
+        (top, TILE * rows + taps - TILE - height - top, 0),
+        (left, TILE * cols + taps - TILE - width - left, 0),
         (0, 0, 0),
     )
     return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
@@ -197,9 +201,10 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
     out_h, out_w = grad.shape[1:3]
     rows, cols = _tiles(out_h, out_w)
     tiles = _tile_transforms(_pad_to_tiles(x, padding, rows, cols), INPUT_TRANSFORM, rows, cols)
-    grad_tiles = _tile_transforms(
-        _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols), OUTPUT_TRANSFORM.T, rows, cols
-    )
+    # The output gradient's 2x2 tiles do not overlap: it is padded only where a side is odd
+    # (a copy of a whole map, otherwise, at the step's peak).
+    grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols, taps=TILE)
+    grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
     du = jnp.stack(_products(tiles, grad_tiles, precision, transpose_lhs=True))
     size = len(INPUT_TRANSFORM)
     du = du.reshape(size, size, *du.shape[1:])

@@ -77,8 +77,9 @@ class SimpleFCN(FCNModel):
     Its attributes are those of `FCNModel`. The speed tricks (`fast`) apply as in the
     reference geometry, but for the frame, which this geometry does not have: fused ReLU and
     (floor) pooling, matrix-product gradients for conv1_1, ordered gradients for the other
-    3x3 convolutions, and the sub-pixel deconvolutions; and one the reference geometry does
-    not use: those 3x3 convolutions as Winograd F(2x2, 3x3) (`FCNModel.backbone_conv`).
+    3x3 convolutions, and the sub-pixel deconvolutions; and those 3x3 convolutions as
+    Winograd F(2x2, 3x3) forwards too, where the reference geometry uses it for their
+    gradients only (`FCNModel.backbone_conv`).
     fc6 and fc7 keep XLA's gradients: on their 1x1 kernels over a 16x16 map (at 512x512) the
     matrix products won no time and kept 19 MB more alive at the train step's peak
     (docs/benchmarks.md).
