@@ -38,10 +38,10 @@ INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0
 KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
 # A correlation whose input has fewer channels (conv1_2's and conv2_1's forward pass, conv1_2's
-# input gradient) runs XLA's convolution instead: products only 64 deep won no time there
-# (110.9 ms Winograd, 106.8 ms XLA, conv1_2's forward pass at 512x512), while the 16
-# transformed 512x512 maps of one such correlation made the train step's peak memory
-# (docs/benchmarks.md). Kernel gradients are Winograd's at every channel count: XLA's ran
+# input gradient) runs XLA's convolution instead: products only 64 deep won little time there
+# (106.8 ms Winograd against 110.9 ms XLA, conv1_2's forward pass at 512x512), while the 16
+# products of one such correlation, each as large as its input, made the train step's peak
+# memory (docs/benchmarks.md). Kernel gradients are Winograd's at every channel count: XLA's ran
 # 3x slower than its forward pass there.
 MIN_CHANNELS = 128
 
