@@ -14,7 +14,9 @@ in products that XLA's CPU backend runs near its matmul peak, and the transforms
 element-wise sums (their coefficients are 0, +-1 and 1/2, so the rounding is that of a
 direct convolution). The backward pass is Winograd too: the kernel gradient sums
 (B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
-forward algorithm run on the output gradient with the kernel turned 180 degrees.
+forward algorithm run on the output gradient with the kernel turned 180 degrees. Correlations
+of inputs under `MIN_CHANNELS` channels deep run XLA's convolution instead (the kernel
+gradient never does).
 
 `WinogradConv` is `nn.Conv` for the FCN's 3x3 stride-1 layers computed this way; its backward
 also computes the kernel and bias gradients before the input gradient, as
@@ -285,7 +287,8 @@ class WinogradConv(ConvWithOrderedGrads):
     """`ConvWithOrderedGrads` for 3x3 kernels, computed by Winograd F(2x2, 3x3) both ways.
 
     Same parameters and values as `nn.Conv` (up to float rounding); padding may be SAME,
-    VALID or explicit with 0 to 2 rows and columns on each side.
+    VALID or explicit with 0 to 2 rows and columns on each side. Which passes are Winograd's:
+    `winograd_conv_bias`.
 
     Attributes (besides `nn.Conv`'s):
       winograd_forward: compute the forward pass by Winograd too (see `winograd_conv_bias`).
