@@ -39,13 +39,15 @@ KERNEL = 3
 INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # B^T
 KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
-# A correlation whose input has fewer channels (conv1_2's and conv2_1's forward pass, conv1_2's
-# input gradient) runs XLA's convolution instead: products only 64 deep won little time there
-# (106.8 ms Winograd against 110.9 ms XLA, conv1_2's forward pass at 512x512), while the 16
-# products of one such correlation, each as large as its input, made the train step's peak
-# memory (docs/benchmarks.md). Kernel gradients are Winograd's at every channel count: XLA's ran
-# 3x slower than its forward pass there.
-MIN_CHANNELS = 128
+# A correlation whose input has fewer channels runs XLA's convolution instead: conv1_2's to
+# conv3_1's forward passes and conv1_2's to conv2_2's input gradients. Products 64 or 128 deep
+# won little or no time (conv2_2's shape, 256x256 with 128 channels in and out: 102-117 ms
+# Winograd against 104 ms XLA; conv3_1's forward, 128x128 with 128 in and 256 out: 45 against
+# 51 ms), while the 16 products of such a correlation, together four times its output, were
+# alive at the train step's peak (docs/benchmarks.md). From 256 channels Winograd wins clearly
+# (128x128, 256 in and out: 65 against 102 ms). Kernel gradients are Winograd's at every
+# channel count: XLA's ran 3x slower than its forward pass there.
+MIN_CHANNELS = 256
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 

@@ -100,7 +100,9 @@ def _check_against_plain_path(geometry, name, fast, sizes=None, width=1 / 16):
     fast_logits, fast_grads = _logits_and_grads(
         plain.clone(fast=fast), variables, images, labels, sizes
     )
-    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4)
+    # Relative to the logits' scale: at half width (the Winograd check) they reach ~2e3.
+    scale = max(1.0, float(jnp.abs(plain_logits).max()))
+    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4 * scale)
     for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.abs(want).max()))
 
@@ -124,9 +126,9 @@ def test_all_tricks_compute_what_the_plain_path_computes(geometry, name):
 )
 def test_each_trick_alone_computes_what_the_plain_path_computes(geometry, trick):
     sizes = np.array([[37, 45], [20, 31]], np.int32)
-    # Winograd's forward passes and input gradients need 128 channels (blocks 4-5 at a
-    # quarter width); narrower, only its kernel gradients would run.
-    width = 1 / 4 if trick == "winograd" else 1 / 16
+    # Winograd's forward passes and input gradients need 256 channels (blocks 4-5 at half
+    # width); narrower, only its kernel gradients would run.
+    width = 1 / 2 if trick == "winograd" else 1 / 16
     fast = fast_paths.FastPaths(**{trick: True})
     _check_against_plain_path(geometry, "fcn8s", fast, sizes, width)
 

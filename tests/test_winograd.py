@@ -17,6 +17,9 @@ def _values_and_grads(module, variables, x, g):
 
 # Winograd computes every kernel gradient, and the forward pass (input gradient) where the
 # input (output) has at least MIN_CHANNELS channels; XLA's convolution the rest.
+DEEP = winograd.MIN_CHANNELS
+
+
 @pytest.mark.parametrize(
     "shape, features, padding",
     [
@@ -25,9 +28,9 @@ def _values_and_grads(module, variables, x, g):
         ((1, 5, 6, 2), 6, ((2, 0), (1, 2))),
         ((1, 4, 4, 2), 6, "SAME"),
         ((1, 1, 1, 4), 6, 1),  # a single pixel
-        ((1, 6, 5, 128), 6, 1),  # a Winograd forward pass
-        ((1, 7, 6, 4), 128, ((2, 0), (1, 2))),  # a Winograd input gradient
-        ((1, 5, 5, 128), 128, "VALID"),  # both
+        ((1, 6, 5, DEEP), 6, 1),  # a Winograd forward pass
+        ((1, 7, 6, 4), DEEP, ((2, 0), (1, 2))),  # a Winograd input gradient
+        ((1, 5, 5, DEEP), DEEP, "VALID"),  # both
     ],
 )
 def test_winograd_conv_equals_flax_conv(shape, features, padding):
@@ -53,9 +56,9 @@ def test_winograd_conv_equals_flax_conv(shape, features, padding):
 def test_winograd_conv_can_keep_xla_forward_values_exactly():
     # What the reference geometry relies on: equal inputs give exactly equal outputs, so its
     # max-pooling ties fall as on the plain path; only the gradients are Winograd's.
-    x = jax.random.normal(jax.random.key(0), (1, 6, 8, 128))
-    plain = nn.Conv(128, (3, 3), padding=1)
-    fast = winograd.WinogradConv(128, (3, 3), padding=1, winograd_forward=False)
+    x = jax.random.normal(jax.random.key(0), (1, 6, 8, DEEP))
+    plain = nn.Conv(DEEP, (3, 3), padding=1)
+    fast = winograd.WinogradConv(DEEP, (3, 3), padding=1, winograd_forward=False)
     variables = plain.init(jax.random.key(1), x)
     g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
     want, want_grads = _values_and_grads(plain, variables, x, g)
@@ -64,7 +67,7 @@ def test_winograd_conv_can_keep_xla_forward_values_exactly():
     np.testing.assert_array_equal(fast.apply(variables, x), want)
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-    x = jnp.zeros((1, 16, 16, 128))  # large enough for the transforms' additions not to count
+    x = jnp.zeros((1, 16, 16, DEEP))  # large enough for the transforms' additions not to count
     assert _grad_flops(fast, x) < 0.75 * _grad_flops(plain, x)
 
 
@@ -112,12 +115,12 @@ def test_winograd_conv_does_fewer_multiplications():
     # What the layer is for: F(2x2, 3x3) multiplies 16 times per 2x2 outputs and channel
     # pair where the direct convolution multiplies 36 times
     # (0.44x), and XLA counts the transforms' additions too.
-    x = jnp.zeros((1, 16, 16, winograd.MIN_CHANNELS))
+    x = jnp.zeros((1, 16, 16, DEEP))
     direct = _flops(nn.Conv(64, (3, 3), padding=1), x)
     assert _flops(winograd.WinogradConv(64, (3, 3), padding=1), x) < 0.6 * direct
     # An input of fewer channels runs XLA's own convolution forwards; its kernel gradient
     # is still Winograd's (forward 1, input gradient 1, kernel gradient 0.44 of direct's).
-    x = jnp.zeros((1, 16, 16, winograd.MIN_CHANNELS // 2))
+    x = jnp.zeros((1, 16, 16, DEEP // 2))
     plain, fast = nn.Conv(64, (3, 3), padding=1), winograd.WinogradConv(64, (3, 3), padding=1)
     assert _flops(fast, x) == _flops(plain, x)
     assert _grad_flops(fast, x) < 0.9 * _grad_flops(plain, x)
