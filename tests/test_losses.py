@@ -45,3 +45,27 @@ def test_unknown_reduction_is_refused():
         losses.pixel_cross_entropy(
             jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int), reduction="avg"
         )
+
+
+@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+def test_gradient_is_softmax_minus_one_hot_on_valid_pixels(reduction):
+    # The loss computes its own gradient (in its forward pass): checked against the textbook
+    # formula, (softmax - one-hot) / divisor on valid pixels and zero on void ones.
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=(2, 3, 4))
+    labels[0, 0] = 255
+    labels[1, 2, 1] = 9  # outside 0..C-1: no gradient either
+    valid = labels < 5
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    want = (probs - np.eye(5)[np.where(valid, labels, 0)]) * valid[..., None]
+    want /= 2 if reduction == "sum" else valid.sum()
+
+    def loss(x):
+        return losses.pixel_cross_entropy(x, jnp.asarray(labels), reduction=reduction)[0]
+
+    for grad in (jax.grad(loss), jax.jit(jax.grad(loss))):
+        np.testing.assert_allclose(grad(jnp.asarray(logits)), want, rtol=1e-5, atol=1e-7)
+    # A scaled cotangent scales the gradient.
+    _, vjp = jax.vjp(loss, jnp.asarray(logits))
+    np.testing.assert_allclose(vjp(jnp.float32(3.0))[0], 3 * want, rtol=1e-5, atol=1e-7)
