@@ -116,10 +116,15 @@ def _relu_pool_bwd(
 ) -> tuple[jax.Array]:
     winner, (n, height, width, c) = residuals
     out_h, out_w = winner.shape[1:3]
-    taps = [jnp.where(winner == tap, grad, 0) for tap in range(1, len(_TAPS) + 1)]
-    dx = jnp.stack(taps, axis=3).reshape(n, out_h, out_w, 2, 2, c)
-    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * out_h, 2 * out_w, c)
-    return (dx[:, :height, :width],)
+    # Input pixel (2i + r, 2j + s) gets window (i, j)'s gradient if its tap, 1 + 2r + s in
+    # _TAPS' order, won: one element-wise pass that writes the input's layout directly
+    # (stacking the four taps, then interleaving them, copied the whole map twice).
+    windows = (n, out_h, 2, out_w, 2, c)
+    tap = 1 + jax.lax.broadcasted_iota(jnp.uint8, windows, 2) * 2
+    tap = tap + jax.lax.broadcasted_iota(jnp.uint8, windows, 4)
+    won = winner[:, :, None, :, None] == tap
+    dx = jnp.where(won, grad[:, :, None, :, None], jnp.zeros((), grad.dtype))
+    return (dx.reshape(n, 2 * out_h, 2 * out_w, c)[:, :height, :width],)
 
 
 relu_max_pool_ceil.defvjp(_relu_pool_fwd, _relu_pool_bwd)
@@ -410,13 +415,16 @@ def _ordered_bwd(padding, precision, residuals, grad):
     # XLA drops what each call leaves unused: the forward convolution, and one call's input
     # gradient, the other's kernel and bias gradients.
     conv = functools.partial(_conv_bias, padding=padding, precision=precision)
-    _, vjp = jax.vjp(conv, *residuals)
-    _, dkernel, dbias = vjp(grad)
+    x, kernel, bias = residuals
+    _, dkernel, dbias = jax.vjp(conv, x, kernel, bias)[1](grad)
     # A data dependency, which XLA cannot reorder (it drops optimization barriers before
-    # scheduling on CPU): the input gradient reads the others through a product with zero.
-    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(grad.dtype)
-    (dx, _, _) = vjp(grad + jnp.zeros((), grad.dtype) * first)
+    # scheduling on CPU): the input gradient reads the others through a product with zero,
+    # taken with the kernel (tied to the output gradient, it would copy a whole map).
+    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(kernel.dtype)
+    kernel = kernel + jnp.zeros((), kernel.dtype) * first
+    (dx, _, _) = jax.vjp(conv, x, kernel, bias)[1](grad)
     return dx, dkernel, dbias
 
 
 conv_bias_with_ordered_grads.defvjp(_ordered_fwd, _ordered_bwd)
+

@@ -271,11 +271,12 @@ def _bwd(padding, precision, forward, residuals, grad):
     x = x + jnp.zeros((), x.dtype) * grad[0, 0, 0, 0].astype(x.dtype)
     dkernel = _kernel_grad(x, grad, padding, precision).astype(kernel.dtype)
     dbias = grad.astype(jnp.float32).sum((0, 1, 2)).astype(bias.dtype)
-    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(grad.dtype)
-    grad = grad + jnp.zeros((), grad.dtype) * first
+    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(kernel.dtype)
     # The input gradient is the "full" correlation of the output gradient with the kernel
-    # turned 180 degrees (input and output channels swapped), cropped by the padding.
-    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    # turned 180 degrees (input and output channels swapped), cropped by the padding. It waits
+    # for the other two through the kernel: tied to the output gradient instead, the tie
+    # would copy a whole map where XLA's convolution computes it.
+    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2) + jnp.zeros((), kernel.dtype) * first
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
     dx = _correlate_or_xla(grad, turned.astype(x.dtype), full, precision, winograd=True)
