@@ -174,16 +174,20 @@ def train_flops(
     width: int,
     num_classes: int = 21,
     winograd: bool = False,
+    recompute_conv1_1: bool = False,
     **options: Any,
 ) -> int:
     """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe).
 
     `winograd` (the module docstring) and `options` (`framed`, `geometry`) as for
-    `layer_flops`.
+    `layer_flops`; `recompute_conv1_1` counts conv1_1's forward pass twice (the fast path of
+    that name).
     """
     winograd_layers = _winograd_layers() if winograd else {}
     direct = layer_flops(name, height, width, num_classes, **options)
     total = forward_flops(name, height, width, num_classes, winograd=winograd, **options)
+    if recompute_conv1_1:
+        total += direct["conv1_1"]
     for layer, flops in direct.items():
         input_grad = 0 if layer == "conv1_1" else flops
         weight_grad = 0 if layer.startswith("upscore") else flops

@@ -362,12 +362,13 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
     size = (case["model"], case["height"], case["width"], NUM_CLASSES)
     geometry = case["geometry"]
     device = workers[0].info
-    # What the JAX worker's model runs: the frame (reference) and Winograd where on.
+    # What the JAX worker's model runs: the frame (reference), Winograd and conv1_1's
+    # recomputation (simple) where on.
     fast = fast_paths.resolve("auto", device["platform"])
-    executed = {
-        "jax": count(*size, framed=fast.frame, geometry=geometry, winograd=fast.winograd),
-        "torch": count(*size, geometry=geometry),
-    }
+    options = dict(framed=fast.frame, geometry=geometry, winograd=fast.winograd)
+    if case["mode"] == "train" and geometry == "simple":
+        options["recompute_conv1_1"] = fast.recompute_conv1_1
+    executed = {"jax": count(*size, **options), "torch": count(*size, geometry=geometry)}
     label = case["model"] + (" (simple)" if geometry == "simple" else "")
     rows = []
     for w in workers:

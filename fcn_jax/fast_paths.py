@@ -76,6 +76,14 @@ _TRICKS = (
         "alive until then. Not measured on an accelerator, whose schedulers differ.",
     ),
     Trick(
+        "recompute_conv1_1",
+        _CPU,
+        "Course-notes geometry: conv1_1's output (64 channels at the input's full size, "
+        "conv1_2's input) recomputed in the backward pass (fcn_jax.layers."
+        "recomputed_in_backward) instead of kept from the forward pass to the end of the "
+        "backward pass, where it sat at the train step's memory peak.",
+    ),
+    Trick(
         "subpixel",
         _CPU,
         "Upsampling as a stride-1 convolution and a depth-to-space reshuffle "
@@ -88,7 +96,7 @@ _TRICKS = (
         _CPU,
         "The 3x3 convolutions other than conv1_1 as fcn_jax.winograd.WinogradConv: "
         "Winograd's F(2x2, 3x3), 2.25x fewer multiplications in the kernel gradients, and in "
-        "the input gradients and (course-notes geometry only) forward passes with 128 "
+        "the input gradients and (course-notes geometry only) forward passes with 256 "
         "channels or more, "
         "as matrix products that XLA's CPU backend runs faster than its convolutions, whose "
         "kernel gradients run well below their forward speed. Its backward orders the "
@@ -114,6 +122,7 @@ class FastPaths:
     fused_pool: bool = False
     matmul_grads: bool = False
     ordered_grads: bool = False
+    recompute_conv1_1: bool = False
     subpixel: bool = False
     winograd: bool = False
 

@@ -15,7 +15,7 @@ wins, and the measurements: docs/cpu_speed.md.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -428,3 +428,28 @@ def _ordered_bwd(padding, precision, residuals, grad):
 
 conv_bias_with_ordered_grads.defvjp(_ordered_fwd, _ordered_bwd)
 
+
+def recomputed_in_backward(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """`fn(x, *rest)` whose backward pass recomputes `fn`'s forward pass from its arguments.
+
+    Only the arguments are kept between the passes, nothing `fn` computes. `jax.checkpoint`
+    would keep the residuals of the custom-VJP layers inside `fn` (such as a
+    `WinogradConv`'s input), which are what this is for. The recomputation is tied to the
+    output gradient, so XLA neither shares it with the forward pass (CSE) nor runs it ahead
+    of the backward pass.
+    """
+
+    @jax.custom_vjp
+    def recomputed(x, *rest):
+        return fn(x, *rest)
+
+    def forward(x, *rest):
+        return fn(x, *rest), (x, rest)
+
+    def backward(arguments, grad):
+        x, rest = arguments
+        x = x + jnp.zeros((), x.dtype) * grad[(0,) * grad.ndim].astype(x.dtype)
+        return jax.vjp(fn, x, *rest)[1](grad)
+
+    recomputed.defvjp(forward, backward)
+    return recomputed

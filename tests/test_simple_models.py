@@ -6,6 +6,7 @@ tools/make_simple_parity_fixtures.py (PyTorch model in tools/torch_simple_refere
 tests/test_weights.py: max|jax - torch| / max|torch| <= 1e-4.
 """
 
+import dataclasses
 import functools
 import logging
 import pathlib
@@ -193,6 +194,21 @@ def test_sizes_on_a_canvas_hold_for_the_winograd_convolutions():
     for i, (h, w) in enumerate(sizes):
         own = model.apply(variables, canvas[i : i + 1, :h, :w])
         np.testing.assert_allclose(out[i, :h, :w], own[0], atol=1e-5 * float(jnp.abs(own).max()))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_recomputing_conv1_1_keeps_nothing_of_its_output_for_the_backward_pass(recompute):
+    # What fast_paths.recompute_conv1_1 is for: the residuals a vjp keeps between the passes
+    # (the leaves of its backward function) include conv1_1's output only without it.
+    model = models.get_model("fcn8s", 3, geometry="simple", width=1 / 8, fast_paths="all")
+    model = model.clone(fast=dataclasses.replace(model.fast, recompute_conv1_1=recompute))
+    variables = random_variables(model)
+    images = jax.random.normal(jax.random.key(1), (1, 64, 96, 3))
+    _, backward = jax.vjp(lambda v: model.apply(v, images), variables)
+    conv1_1_output = (1, 64, 96, model.channels(64))
+    kept = {leaf.shape for leaf in jax.tree.leaves(backward)}
+    assert (conv1_1_output in kept) is not recompute
+    assert (1, 64, 96, 3) in kept  # the image, which the recomputation starts from
 
 
 def test_dropout_only_in_training():

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from fcn_jax.layers import (
     conv_with_matmul_grads,
     plain_relu_max_pool_floor,
+    recomputed_in_backward,
     relu_max_pool_floor,
     zero_beyond,
 )
@@ -79,7 +80,8 @@ class SimpleFCN(FCNModel):
     (floor) pooling, matrix-product gradients for conv1_1, ordered gradients for the other
     3x3 convolutions, and the sub-pixel deconvolutions; and those 3x3 convolutions as
     Winograd F(2x2, 3x3) forwards too, where the reference geometry uses it for their
-    gradients only (`FCNModel.backbone_conv`).
+    gradients only (`FCNModel.backbone_conv`). Its own trick, `recompute_conv1_1`, recomputes
+    conv1_1's full-size output in the backward pass instead of keeping it (`_first_block`).
     fc6 and fc7 keep XLA's gradients: on their 1x1 kernels over a 16x16 map (at 512x512) the
     matrix products won no time and kept 19 MB more alive at the train step's peak
     (docs/benchmarks.md).
@@ -112,19 +114,44 @@ class SimpleFCN(FCNModel):
         pools = {}
         for block, num_convs, channels in VGG16_BLOCKS:
             level = extents if extents is None else extents // 2 ** (block - 1)
-            for i in range(1, num_convs + 1):
-                first = (block, i) == (1, 1)
-                if not first:  # conv1_1's input is masked by the caller
-                    x = zero_beyond(x, level)
-                x = self._conv(self.channels(channels), 3, f"conv{block}_{i}", first)(x)
-                # The block's last ReLU is fused into its pooling (relu_max_pool_floor).
-                x = pool(x) if i == num_convs else nn.relu(x)
+            if block == 1:
+                x = self._first_block(x, level)
+            else:
+                convs = [
+                    self._conv(self.channels(channels), 3, f"conv{block}_{i}")
+                    for i in range(1, num_convs + 1)
+                ]
+                x = _block(convs, x, level)
+            # The block's last ReLU is fused into its pooling (relu_max_pool_floor).
+            x = pool(x)
             pools[block] = x
         for name in FRESH_LAYERS:
             fc = self._conv(self.channels(FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
             x = nn.relu(fc(x))
             x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
+
+    def _first_block(self, x: jax.Array, level: jax.Array | None) -> jax.Array:
+        """conv1_1 (on the masked input), ReLU, conv1_2: block 1 before its last ReLU.
+
+        With `fast.recompute_conv1_1` its backward pass recomputes conv1_1's output from the
+        input instead of keeping it (`recomputed_in_backward`).
+        """
+        channels = self.channels(VGG16_BLOCKS[0][2])
+        convs = [self._conv(channels, 3, "conv1_1", True), self._conv(channels, 3, "conv1_2")]
+        if not self.fast.recompute_conv1_1 or self.is_initializing():
+            return _block(convs, x, level, first=True)
+        unbound = [conv.clone(parent=None) for conv in convs]
+
+        def block(x, params, level):
+            layers = [
+                functools.partial(conv.apply, {"params": p})
+                for conv, p in zip(unbound, params, strict=True)
+            ]
+            return _block(layers, x, level, first=True)
+
+        params = [self.variables["params"][conv.name] for conv in convs]
+        return recomputed_in_backward(block)(x, params, level)
 
     def _score(self, name: str) -> nn.Conv:
         # Zero-initialised like the reference family's score layers (§3).
@@ -191,6 +218,26 @@ class SimpleFCN(FCNModel):
                 fuse = upscore_pool4 + self._score("score_pool3")(feats["pool3"])
                 out = upsample(fuse, 8, "upscore8", stride=8)
         return out[:, :height, :width].astype(jnp.float32)
+
+
+def _block(
+    convs: list[Callable[[jax.Array], jax.Array]],
+    x: jax.Array,
+    level: jax.Array | None,
+    first: bool = False,
+) -> jax.Array:
+    """A VGG16 block's convolutions with ReLUs between them, each input masked beyond `level`.
+
+    Block 1's input (`first`) is masked by the caller. The block's last ReLU is left to its
+    pooling.
+    """
+    for i, conv in enumerate(convs):
+        if i or not first:
+            x = zero_beyond(x, level)
+        x = conv(x)
+        if i < len(convs) - 1:
+            x = nn.relu(x)
+    return x
 
 
 VARIANTS: dict[str, Callable[..., SimpleFCN]] = {
