@@ -12,9 +12,9 @@ step, which is what the tricks change), the arguments (parameters and optimiser 
 donated, so the outputs reuse them), and their sum. No time is measured (benchmarks/steps.py
 does that).
 
-`--peak=N` also lists the N largest buffers live at the step's peak, each with the operation
-that made it (JAX's name stack), from the buffer live ranges XLA writes when asked to dump
-the compiled module.
+`--peak=N` also lists the N largest temporaries live at the moment the step's temporaries
+peak, each with the operation that made it (JAX's name stack), from the buffer assignment and
+live ranges XLA writes when asked to dump the compiled module.
 """
 
 import argparse
@@ -72,23 +72,70 @@ def variants(fast) -> dict[str, object]:
     return found
 
 
-def _peak_buffers(dump_dir: str, count: int) -> list[str]:
-    """The `count` largest buffers live at the peak of the dumped train step, with their ops."""
-    (live_ranges,) = glob.glob(os.path.join(dump_dir, "*train_step*live-range.txt"))
-    (hlo,) = glob.glob(os.path.join(dump_dir, "*train_step*cpu_after_optimizations.txt"))
-    with open(hlo) as f:
-        op_names = dict(
-            re.findall(r'^\s*(?:ROOT )?%?([\w.-]+) = .*op_name="([^"]*)"', f.read(), re.M)
+def _dumped(dump_dir: str, suffix: str) -> str:
+    """The text of the dumped train step's file ending in `suffix`."""
+    (path,) = glob.glob(os.path.join(dump_dir, f"*train_step*cpu_after_optimizations{suffix}"))
+    with open(path) as f:
+        return f.read()
+
+
+def _temporaries(dump_dir: str) -> tuple[int, list[tuple[int, int, int, int, str]]]:
+    """The size of the step's one allocation of temporaries, and its buffers.
+
+    Each buffer is (offset, size, first, last instruction it is live at, instruction name).
+    """
+    assignment = _dumped(dump_dir, "-buffer-assignment.txt")
+    temp = re.search(
+        r"allocation \d+: size (\d+), preallocated-temp:\n((?: value:.*\n)+)", assignment
+    )
+    live = _dumped(dump_dir, "-live-range.txt")
+    live = live[live.index("BufferLiveRange:") : live.index("Live ranges at")]
+    ranges = {
+        (name, index): (int(first), int(last))
+        for name, index, first, last in re.findall(
+            r"^\s+([\w.-]+)\{([\d,]*)\}:(\d+)-(\d+)", live, re.M
         )
-    with open(live_ranges) as f:
-        text = f.read()
-    peak = text[text.index("(peak):") :]
-    buffers = re.findall(r"^\s+([\w.-]+)\{[\d,]*\}: (\d+) bytes", peak, re.M)
-    rows = []
-    for name, size in sorted(buffers, key=lambda b: -int(b[1]))[:count]:
-        # Parameters and optimiser state carry their tree path as the instruction name.
-        label = op_names.get(name, name).replace("\\'", "'")
-        rows.append(f"  {int(size) / 2**20:8.1f} MiB  {label}")
+    }
+    values = re.findall(
+        r"value: <\d+ ([\w.-]+)(?:\{([\d,]*)\})? @\d+> \(size=(\d+),offset=(\d+)\)",
+        temp.group(2),
+    )
+    buffers = [
+        (int(offset), int(size), *ranges[name, index], name) for name, index, size, offset in values
+    ]
+    return int(temp.group(1)), buffers
+
+
+def _in_use(buffers: list[tuple], time: int) -> tuple[int, list[tuple]]:
+    """Bytes of the allocation in use at `time` (the union of the live buffers), and those."""
+    # Values that share a slot (an operation writing over its operand) count once.
+    live = sorted({(b[0], b[1]): b for b in buffers if b[2] <= time <= b[3]}.values())
+    total, reached = 0, 0
+    for offset, size, *_ in live:
+        total += max(0, offset + size - max(offset, reached))
+        reached = max(reached, offset + size)
+    return total, live
+
+
+def _peak_buffers(dump_dir: str, count: int) -> list[str]:
+    """The `count` largest temporaries live when the dumped train step's temporaries peak.
+
+    XLA places every temporary at an offset of one allocation; the peak is the moment the
+    most of it is in use. The "peak" XLA's live-range file names can fall a few
+    instructions away from it, past the largest buffers.
+    """
+    allocated, buffers = _temporaries(dump_dir)
+    op_names = dict(
+        re.findall(
+            r'^\s*(?:ROOT )?%?([\w.-]+) = .*op_name="([^"]*)"', _dumped(dump_dir, ".txt"), re.M
+        )
+    )
+    # The union only grows when a buffer starts: the peak is at one of those moments.
+    starts = {b[2] for b in buffers}
+    peak, live = max((_in_use(buffers, time) for time in starts), key=lambda found: found[0])
+    rows = [f"  {peak / 2**20:.1f} of {allocated / 2**20:.1f} MiB in use, the largest:"]
+    for _, size, _, _, name in sorted(live, key=lambda b: -b[1])[:count]:
+        rows.append(f"  {size / 2**20:8.1f} MiB  {op_names.get(name, name)}")
     return rows
 
 
@@ -148,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.peak:
                 if label == "auto":
                     peaks.append(
-                        f"\n{geometry} {model_name} {height}x{width}, 'auto', at the peak:"
+                        f"\n{geometry} {model_name} {height}x{width}, 'auto', temporaries "
+                        "at the peak:"
                     )
                     peaks += _peak_buffers(dump_dir, args.peak)
                 shutil.rmtree(dump_dir)  # this case's dump; XLA makes the folder again

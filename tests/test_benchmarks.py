@@ -162,8 +162,12 @@ def test_memory_table_and_peak_buffers():
     assert "auto - frame" in labels  # 'auto' turns it on; the simple geometry ignores it
     temporaries = dict((label.strip(), float(temp)) for label, temp in rows)
     assert temporaries["auto - frame"] == temporaries["auto"]
-    peak = result.stdout.split("at the peak:")[1].strip().splitlines()
+    summary, *peak = result.stdout.split("at the peak:")[1].strip().splitlines()
+    in_use, allocated = map(float, re.match(r"([0-9.]+) of ([0-9.]+) MiB in use", summary).groups())
+    assert 0 < in_use <= allocated
     assert len(peak) == 3 and all(re.match(r"\s*[0-9.]+ MiB  \S", line) for line in peak)
+    sizes = [float(line.split()[0]) for line in peak]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) <= in_use
 
 
 def test_tricks_bad_size_is_named(capsys):
