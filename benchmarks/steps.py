@@ -125,15 +125,17 @@ def torch_recipe(geometry: str) -> dict:
 
 
 def _jax_variables(model):
-    """Random variables made leaf by leaf, so no init temporaries inflate the process."""
+    """Random variables drawn by NumPy: no init temporaries, no compilation per shape.
+
+    A jitted generator, compiled for each parameter shape, left 0.03 GiB in the process.
+    """
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    leaves, treedef = jax.tree.flatten(shapes)
-    keys = jax.random.split(jax.random.key(0), len(leaves))
-    normal = jax.jit(lambda k, x: 0.01 * jax.random.normal(k, x.shape))
-    return jax.tree.unflatten(treedef, [normal(k, x) for k, x in zip(keys, leaves, strict=True)])
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: jnp.asarray(0.01 * rng.standard_normal(s.shape, s.dtype)), shapes)
 
 
 def _compiled(jitted, *example):
