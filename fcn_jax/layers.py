@@ -135,6 +135,17 @@ def plain_relu_max_pool_ceil(x: jax.Array) -> jax.Array:
     return nn.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2), padding=_ceil_pad(x))
 
 
+def after(x: jax.Array, dependency: jax.Array) -> jax.Array:
+    """`x`, made to depend on the scalar `dependency` through a product with zero.
+
+    XLA cannot compute the result before `dependency`, nor share it with an equal value
+    computed elsewhere (CSE). That is how the backward passes here order their work: XLA's
+    CPU scheduler drops optimization barriers. Finite values are unchanged; a non-finite
+    `dependency` makes `x` NaN.
+    """
+    return x + jnp.zeros((), x.dtype) * dependency.astype(x.dtype)
+
+
 def zero_beyond(x: jax.Array, extents: jax.Array | None) -> jax.Array:
     """Zeroes every position of NHWC `x` at or past each example's (rows, cols) extent.
 
@@ -180,7 +191,7 @@ def _matmul_grads_bwd(padding, precision, residuals, grad):
     # The patches need only the input, so XLA's CPU scheduler may build them long before the
     # gradient arrives and keep them alive across the step's peak (conv1_1's are 9x its
     # image). A product with zero ties them to the gradient (as in ConvWithOrderedGrads).
-    x = x + jnp.zeros((), x.dtype) * grad[0, 0, 0, 0].astype(x.dtype)
+    x = after(x, grad[0, 0, 0, 0])
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
     patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
@@ -420,8 +431,7 @@ def _ordered_bwd(padding, precision, residuals, grad):
     # A data dependency, which XLA cannot reorder (it drops optimization barriers before
     # scheduling on CPU): the input gradient reads the others through a product with zero,
     # taken with the kernel (tied to the output gradient, it would copy a whole map).
-    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(kernel.dtype)
-    kernel = kernel + jnp.zeros((), kernel.dtype) * first
+    kernel = after(kernel, dkernel[0, 0, 0, 0] + dbias[0])
     (dx, _, _) = jax.vjp(conv, x, kernel, bias)[1](grad)
     return dx, dkernel, dbias
 
@@ -448,7 +458,7 @@ def recomputed_in_backward(fn: Callable[..., jax.Array]) -> Callable[..., jax.Ar
 
     def backward(arguments, grad):
         x, rest = arguments
-        x = x + jnp.zeros((), x.dtype) * grad[(0,) * grad.ndim].astype(x.dtype)
+        x = after(x, grad[(0,) * grad.ndim])
         return jax.vjp(fn, x, *rest)[1](grad)
 
     recomputed.defvjp(forward, backward)

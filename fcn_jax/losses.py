@@ -8,6 +8,8 @@ instead of the logits, their softmax sums and the loss's own reduction to its en
 import jax
 import jax.numpy as jnp
 
+from fcn_jax.layers import after
+
 VOID = 255  # the void / ignore label of VOC masks and canvas padding (§4.2, §5.1)
 REDUCTIONS = ("sum", "mean")
 
@@ -50,7 +52,7 @@ def _nll_and_grad(
     grad = jnp.where(valid[..., None], jnp.exp(log_probs) - one_hot, 0.0)
     # Tied to the total, so that XLA computes the loss before the backward pass rather than
     # keeping the logits for it until the step's end.
-    grad = grad + jnp.zeros((), grad.dtype) * total
+    grad = after(grad, total)
     return total, grad.astype(logits.dtype)
 
 

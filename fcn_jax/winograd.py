@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.layers import ConvWithOrderedGrads, conv_nhwc
+from fcn_jax.layers import ConvWithOrderedGrads, after, conv_nhwc
 
 TILE = 2  # output rows (and columns) of a tile: F(2x2, 3x3)
 KERNEL = 3
@@ -268,15 +268,14 @@ def _bwd(padding, precision, forward, residuals, grad):
     # the output gradient, they are neither shared with the forward pass (CSE) nor built
     # ahead of the backward pass by XLA's scheduler, either of which would keep 4x every
     # layer's input alive between the two passes.
-    x = x + jnp.zeros((), x.dtype) * grad[0, 0, 0, 0].astype(x.dtype)
+    x = after(x, grad[0, 0, 0, 0])
     dkernel = _kernel_grad(x, grad, padding, precision).astype(kernel.dtype)
     dbias = grad.astype(jnp.float32).sum((0, 1, 2)).astype(bias.dtype)
-    first = (dkernel[0, 0, 0, 0] + dbias[0]).astype(kernel.dtype)
     # The input gradient is the "full" correlation of the output gradient with the kernel
     # turned 180 degrees (input and output channels swapped), cropped by the padding. It waits
     # for the other two through the kernel: tied to the output gradient instead, the tie
     # would copy a whole map where XLA's convolution computes it.
-    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2) + jnp.zeros((), kernel.dtype) * first
+    turned = after(kernel[::-1, ::-1].transpose(0, 1, 3, 2), dkernel[0, 0, 0, 0] + dbias[0])
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
     dx = _correlate_or_xla(grad, turned.astype(x.dtype), full, precision, winograd=True)
