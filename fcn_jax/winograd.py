@@ -132,10 +132,20 @@ def _products(
 
 
 def _transformed_kernel(kernel: jax.Array, dtype: Any) -> list[jax.Array]:
-    """G g G^T as 16 (C_in, C_out) matrices, entry (a, b) at index 4a + b."""
-    g = jnp.asarray(KERNEL_TRANSFORM, jnp.float32)
-    u = jnp.einsum("ai,ijco,bj->abco", g, kernel.astype(jnp.float32), g)
-    return list(u.reshape(-1, *kernel.shape[2:]).astype(dtype))
+    """G g G^T as 16 (C_in, C_out) matrices, entry (a, b) at index 4a + b.
+
+    Rows, then columns, as sums of the kernel's (C_in, C_out) slices: as an einsum, XLA's
+    CPU backend transposed the kernel twice for two products three deep, which took 2.5-5x
+    as long (docs/benchmarks.md).
+    """
+    g = KERNEL_TRANSFORM
+    taps = kernel.astype(jnp.float32)
+    rows = [_weighted_sum([(g[a, i], taps[i]) for i in range(KERNEL)]) for a in range(len(g))]
+    return [
+        _weighted_sum([(g[b, j], row[j]) for j in range(KERNEL)]).astype(dtype)
+        for row in rows
+        for b in range(len(g))
+    ]
 
 
 def _outputs(
@@ -209,11 +219,21 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
     # (a copy of a whole map, otherwise, at the step's peak).
     grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols, taps=TILE)
     grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
-    du = jnp.stack(_products(tiles, grad_tiles, precision, transpose_lhs=True))
-    size = len(INPUT_TRANSFORM)
-    du = du.reshape(size, size, *du.shape[1:])
-    g = jnp.asarray(KERNEL_TRANSFORM, jnp.float32)
-    return jnp.einsum("ai,abco,bj->ijco", g, du, g)
+    du = _products(tiles, grad_tiles, precision, transpose_lhs=True)  # entry (a, b) at 4a + b
+    # G^T dU G, rows then columns, as in `_transformed_kernel`.
+    g, size = KERNEL_TRANSFORM, len(KERNEL_TRANSFORM)
+    rows = [
+        [_weighted_sum([(g[a, i], du[a * size + b]) for a in range(size)]) for b in range(size)]
+        for i in range(KERNEL)
+    ]
+    return jnp.stack(
+        [
+            jnp.stack(
+                [_weighted_sum([(g[b, j], row[b]) for b in range(size)]) for j in range(KERNEL)]
+            )
+            for row in rows
+        ]
+    )
 
 
 def _correlate_or_xla(
