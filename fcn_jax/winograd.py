@@ -131,21 +131,38 @@ def _products(
     return out
 
 
-def _transformed_kernel(kernel: jax.Array, dtype: Any) -> list[jax.Array]:
+# Turning a kernel 180 degrees reverses the columns of G, which swaps its rows 0 and 3.
+TURNED_ROWS = (3, 1, 2, 0)
+
+
+def _transformed_kernel(kernel: jax.Array, dtype: Any, turned: bool = False) -> list[jax.Array]:
     """G g G^T as 16 (C_in, C_out) matrices, entry (a, b) at index 4a + b.
 
     Rows, then columns, as sums of the kernel's (C_in, C_out) slices: as an einsum, XLA's
     CPU backend transposed the kernel twice for two products three deep, which took 2.5-5x
     as long (docs/benchmarks.md).
+
+    With `turned`, the transform of the kernel turned 180 degrees with its input and output
+    channels swapped (the input gradient's kernel): entry (a, b) is the kernel's own entry
+    (TURNED_ROWS[a], TURNED_ROWS[b]), transposed. Turning and swapping the kernel first
+    costs far more: XLA's CPU backend reads the swapped kernel across its rows in every one
+    of the 16 sums.
     """
     g = KERNEL_TRANSFORM
     taps = kernel.astype(jnp.float32)
     rows = [_weighted_sum([(g[a, i], taps[i]) for i in range(KERNEL)]) for a in range(len(g))]
-    return [
+    u = [
         _weighted_sum([(g[b, j], row[j]) for j in range(KERNEL)]).astype(dtype)
         for row in rows
         for b in range(len(g))
     ]
+    if turned:
+        u = [
+            u[TURNED_ROWS[a] * len(g) + TURNED_ROWS[b]].T
+            for a in range(len(g))
+            for b in range(len(g))
+        ]
+    return u
 
 
 def _outputs(
@@ -184,15 +201,18 @@ def _outputs(
     return y.reshape(n, TILE * rows, TILE * cols, c_out)
 
 
-def correlate(x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any) -> jax.Array:
+def correlate(
+    x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any, turned: bool = False
+) -> jax.Array:
     """NHWC 3x3 stride-1 cross-correlation of `x` padded by `padding`, as XLA computes it.
 
     Args:
       x: (N, H, W, C_in).
-      kernel: (3, 3, C_in, C_out).
+      kernel: (3, 3, C_in, C_out), or (3, 3, C_out, C_in) with `turned`.
       padding: ((top, bottom), (left, right)), each side >= -1 so the output is not empty;
         negative values crop.
       precision: as `lax.dot_general`'s, for the matrix products.
+      turned: correlate with `turn(kernel)` instead (`_transformed_kernel`).
 
     Returns:
       (N, H + top + bottom - 2, W + left + right - 2, C_out) in x's dtype.
@@ -202,7 +222,7 @@ def correlate(x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any)
     out_w = x.shape[2] + left + right - (KERNEL - 1)
     rows, cols = _tiles(out_h, out_w)
     padded = _pad_to_tiles(x, padding, rows, cols)
-    y = _outputs(padded, _transformed_kernel(kernel, x.dtype), rows, cols, precision)
+    y = _outputs(padded, _transformed_kernel(kernel, x.dtype, turned), rows, cols, precision)
     return y[:, :out_h, :out_w].astype(x.dtype)
 
 
@@ -237,11 +257,18 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
 
 
 def _correlate_or_xla(
-    x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any, winograd: bool
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: Padding,
+    precision: Any,
+    winograd: bool,
+    turned: bool = False,
 ) -> jax.Array:
     """`correlate`, or XLA's convolution if not `winograd` or `x` has under MIN_CHANNELS."""
     if winograd and x.shape[-1] >= MIN_CHANNELS:
-        return correlate(x, kernel, padding, precision)
+        return correlate(x, kernel, padding, precision, turned)
+    if turned:
+        kernel = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
     return conv_nhwc(x, kernel.astype(x.dtype), padding, precision)
 
 
@@ -295,10 +322,10 @@ def _bwd(padding, precision, forward, residuals, grad):
     # turned 180 degrees (input and output channels swapped), cropped by the padding. It waits
     # for the other two through the kernel: tied to the output gradient instead, the tie
     # would copy a whole map where XLA's convolution computes it.
-    turned = after(kernel[::-1, ::-1].transpose(0, 1, 3, 2), dkernel[0, 0, 0, 0] + dbias[0])
+    kernel = after(kernel, dkernel[0, 0, 0, 0] + dbias[0]).astype(x.dtype)
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
-    dx = _correlate_or_xla(grad, turned.astype(x.dtype), full, precision, winograd=True)
+    dx = _correlate_or_xla(grad, kernel, full, precision, winograd=True, turned=True)
     return dx, dkernel, dbias
 
 

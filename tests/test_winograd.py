@@ -53,6 +53,19 @@ def test_winograd_conv_equals_flax_conv(shape, features, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+def test_correlate_turned_equals_correlate_with_the_turned_kernel():
+    # The input gradient's transform, taken from the kernel's own (TURNED_ROWS), against the
+    # transform of the kernel turned 180 degrees with its channels swapped.
+    x = jax.random.normal(jax.random.key(0), (1, 7, 6, 5))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    padding = ((2, 1), (0, 2))
+    got = winograd.correlate(x, kernel, padding, None, turned=True)
+    want = winograd.correlate(x, turned, padding, None)
+    assert got.shape == (1, 8, 6, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
+
+
 def test_winograd_conv_can_keep_xla_forward_values_exactly():
     # What the reference geometry relies on: equal inputs give exactly equal outputs, so its
     # max-pooling ties fall as on the plain path; only the gradients are Winograd's.
