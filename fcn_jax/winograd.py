@@ -139,7 +139,7 @@ def _transformed_kernel(kernel: jax.Array, dtype: Any, turned: bool = False) -> 
     """G g G^T as 16 (C_in, C_out) matrices, entry (a, b) at index 4a + b.
 
     Rows, then columns, as sums of the kernel's (C_in, C_out) slices: as an einsum, XLA's
-    CPU backend transposed the kernel twice for two products three deep, which took 2.5-5x
+    CPU backend transposed the kernel twice for two products three deep, which took 2-9x
     as long (docs/benchmarks.md).
 
     With `turned`, the transform of the kernel turned 180 degrees with its input and output
@@ -212,7 +212,9 @@ def correlate(
       padding: ((top, bottom), (left, right)), each side >= -1 so the output is not empty;
         negative values crop.
       precision: as `lax.dot_general`'s, for the matrix products.
-      turned: correlate with `turn(kernel)` instead (`_transformed_kernel`).
+      turned: correlate with the kernel turned 180 degrees and its input and output
+        channels swapped, `kernel[::-1, ::-1].transpose(0, 1, 3, 2)`, as the input gradient
+        does; computed from the kernel's own transform (`_transformed_kernel`).
 
     Returns:
       (N, H + top + bottom - 2, W + left + right - 2, C_out) in x's dtype.
