@@ -63,6 +63,23 @@ def _weighted_sum(terms: list[tuple[float, jax.Array]]) -> jax.Array:
     return total
 
 
+def _sandwich(matrix: np.ndarray, grid: list[list[jax.Array]]) -> list[list[jax.Array]]:
+    """`matrix @ grid @ matrix.T` over a square grid of equal-shaped arrays, rows first.
+
+    Entry [a][b] of the result is sum_ij matrix[a, i] * matrix[b, j] * grid[i][j], summed
+    over i first (one array per [a][j]), then over j.
+    """
+    taps = range(matrix.shape[1])
+    by_row = [
+        [_weighted_sum([(matrix[a, i], grid[i][j]) for i in taps]) for j in taps]
+        for a in range(matrix.shape[0])
+    ]
+    return [
+        [_weighted_sum([(matrix[b, j], row[j]) for j in taps]) for b in range(matrix.shape[0])]
+        for row in by_row
+    ]
+
+
 def _tile_transforms(x: jax.Array, matrix: np.ndarray, rows: int, cols: int) -> list[jax.Array]:
     """`matrix @ tile @ matrix.T` for the tiles of `x` at stride 2, one array per entry.
 
@@ -148,21 +165,11 @@ def _transformed_kernel(kernel: jax.Array, dtype: Any, turned: bool = False) -> 
     costs far more: XLA's CPU backend reads the swapped kernel across its rows in every one
     of the 16 sums.
     """
-    g = KERNEL_TRANSFORM
     taps = kernel.astype(jnp.float32)
-    rows = [_weighted_sum([(g[a, i], taps[i]) for i in range(KERNEL)]) for a in range(len(g))]
-    u = [
-        _weighted_sum([(g[b, j], row[j]) for j in range(KERNEL)]).astype(dtype)
-        for row in rows
-        for b in range(len(g))
-    ]
+    u = _sandwich(KERNEL_TRANSFORM, [[taps[i, j] for j in range(KERNEL)] for i in range(KERNEL)])
     if turned:
-        u = [
-            u[TURNED_ROWS[a] * len(g) + TURNED_ROWS[b]].T
-            for a in range(len(g))
-            for b in range(len(g))
-        ]
-    return u
+        u = [[u[a][b].T for b in TURNED_ROWS] for a in TURNED_ROWS]
+    return [entry.astype(dtype) for row in u for entry in row]
 
 
 def _outputs(
@@ -182,21 +189,7 @@ def _outputs(
     m = [p.reshape(n, rows, cols, c_out) for p in _products(tiles, u, precision)]
     size = len(INPUT_TRANSFORM)
     grid = [m[a * size : (a + 1) * size] for a in range(size)]  # grid[a][b]
-    # Rows first: out[r][s] is output (2i + r, 2j + s) of every tile (i, j).
-    by_row = [
-        [
-            _weighted_sum([(OUTPUT_TRANSFORM[r, a], grid[a][b]) for a in range(size)])
-            for b in range(size)
-        ]
-        for r in range(TILE)
-    ]
-    out = [
-        [
-            _weighted_sum([(OUTPUT_TRANSFORM[s, b], by_row[r][b]) for b in range(size)])
-            for s in range(TILE)
-        ]
-        for r in range(TILE)
-    ]
+    out = _sandwich(OUTPUT_TRANSFORM, grid)  # out[r][s]: output (2i + r, 2j + s) of tile (i, j)
     y = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # (n, rows, r, cols, s, o)
     return y.reshape(n, TILE * rows, TILE * cols, c_out)
 
@@ -242,20 +235,9 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
     grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols, taps=TILE)
     grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
     du = _products(tiles, grad_tiles, precision, transpose_lhs=True)  # entry (a, b) at 4a + b
-    # G^T dU G, rows then columns, as in `_transformed_kernel`.
-    g, size = KERNEL_TRANSFORM, len(KERNEL_TRANSFORM)
-    rows = [
-        [_weighted_sum([(g[a, i], du[a * size + b]) for a in range(size)]) for b in range(size)]
-        for i in range(KERNEL)
-    ]
-    return jnp.stack(
-        [
-            jnp.stack(
-                [_weighted_sum([(g[b, j], row[b]) for b in range(size)]) for j in range(KERNEL)]
-            )
-            for row in rows
-        ]
-    )
+    size = len(KERNEL_TRANSFORM)
+    dg = _sandwich(KERNEL_TRANSFORM.T, [du[a * size : (a + 1) * size] for a in range(size)])
+    return jnp.stack([jnp.stack(row) for row in dg])
 
 
 def _correlate_or_xla(
