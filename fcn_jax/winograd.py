@@ -39,6 +39,9 @@ KERNEL = 3
 INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # B^T
 KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
+# The entry of A dY A^T, flattened (a * 4 + b), that sums its 2x2 tile of dY: A's row 1 is
+# (1, 1).
+TILE_SUM = 1 * 4 + 1
 # A correlation whose input has fewer channels runs XLA's convolution instead: conv1_2's to
 # conv3_1's forward passes and conv1_2's to conv2_2's input gradients. Products 64 or 128 deep
 # won little or no time (conv2_2's shape, 256x256 with 128 channels in and out: 102-117 ms
@@ -221,11 +224,15 @@ def correlate(
     return y[:, :out_h, :out_w].astype(x.dtype)
 
 
-def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any) -> jax.Array:
-    """d(loss)/d(kernel) of `correlate(x, kernel, padding)` given its output gradient, in f32.
+def _kernel_and_bias_grads(
+    x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
+) -> tuple[jax.Array, jax.Array]:
+    """The kernel and bias gradients of `correlate(x, kernel, padding) + bias`, in float32.
 
     Y = A^T [U * V] A per tile is linear in U = G g G^T, so dU sums V * (A dY A^T) over the
-    tiles (one product per entry) and dg = G^T dU G.
+    tiles (one product per entry) and dg = G^T dU G. The bias gradient sums dY; row 1 of A
+    is (1, 1), so entry (1, 1) of A dY A^T is each tile's sum of dY, and summing that entry
+    over the tiles reads a quarter of what summing dY would.
     """
     out_h, out_w = grad.shape[1:3]
     rows, cols = _tiles(out_h, out_w)
@@ -237,7 +244,8 @@ def _kernel_grad(x: jax.Array, grad: jax.Array, padding: Padding, precision: Any
     du = _products(tiles, grad_tiles, precision, transpose_lhs=True)  # entry (a, b) at 4a + b
     size = len(KERNEL_TRANSFORM)
     dg = _sandwich(KERNEL_TRANSFORM.T, [du[a * size : (a + 1) * size] for a in range(size)])
-    return jnp.stack([jnp.stack(row) for row in dg])
+    dbias = grad_tiles[TILE_SUM].astype(jnp.float32).sum((0, 1, 2))
+    return jnp.stack([jnp.stack(row) for row in dg]), dbias
 
 
 def _correlate_or_xla(
@@ -300,8 +308,8 @@ def _bwd(padding, precision, forward, residuals, grad):
     # ahead of the backward pass by XLA's scheduler, either of which would keep 4x every
     # layer's input alive between the two passes.
     x = after(x, grad[0, 0, 0, 0])
-    dkernel = _kernel_grad(x, grad, padding, precision).astype(kernel.dtype)
-    dbias = grad.astype(jnp.float32).sum((0, 1, 2)).astype(bias.dtype)
+    dkernel, dbias = _kernel_and_bias_grads(x, grad, padding, precision)
+    dkernel, dbias = dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
     # The input gradient is the "full" correlation of the output gradient with the kernel
     # turned 180 degrees (input and output channels swapped), cropped by the padding. It waits
     # for the other two through the kernel: tied to the output gradient instead, the tie
