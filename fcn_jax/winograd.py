@@ -83,6 +83,12 @@ def _sandwich(matrix: np.ndarray, grid: list[list[jax.Array]]) -> list[list[jax.
     ]
 
 
+def _as_grid(entries: list[jax.Array]) -> list[list[jax.Array]]:
+    """The 16 transformed-tile entries, flat at index 4a + b, as a 4x4 grid [a][b]."""
+    size = len(INPUT_TRANSFORM)
+    return [entries[a * size : (a + 1) * size] for a in range(size)]
+
+
 def _tile_transforms(x: jax.Array, matrix: np.ndarray, rows: int, cols: int) -> list[jax.Array]:
     """`matrix @ tile @ matrix.T` for the tiles of `x` at stride 2, one array per entry.
 
@@ -190,9 +196,9 @@ def _outputs(
     n, c_out = padded.shape[0], u[0].shape[-1]
     tiles = _tile_transforms(padded, INPUT_TRANSFORM, rows, cols)
     m = [p.reshape(n, rows, cols, c_out) for p in _products(tiles, u, precision)]
-    size = len(INPUT_TRANSFORM)
-    grid = [m[a * size : (a + 1) * size] for a in range(size)]  # grid[a][b]
-    out = _sandwich(OUTPUT_TRANSFORM, grid)  # out[r][s]: output (2i + r, 2j + s) of tile (i, j)
+    out = _sandwich(
+        OUTPUT_TRANSFORM, _as_grid(m)
+    )  # out[r][s]: output (2i + r, 2j + s) of tile (i, j)
     y = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # (n, rows, r, cols, s, o)
     return y.reshape(n, TILE * rows, TILE * cols, c_out)
 
@@ -242,8 +248,7 @@ def _kernel_and_bias_grads(
     grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols, taps=TILE)
     grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
     du = _products(tiles, grad_tiles, precision, transpose_lhs=True)  # entry (a, b) at 4a + b
-    size = len(KERNEL_TRANSFORM)
-    dg = _sandwich(KERNEL_TRANSFORM.T, [du[a * size : (a + 1) * size] for a in range(size)])
+    dg = _sandwich(KERNEL_TRANSFORM.T, _as_grid(du))
     tile_sums = grad_tiles[TILE_SUM].reshape(-1, grad.shape[-1])
     # As a product with ones: XLA's CPU backend sums a matrix's columns several times slower.
     ones = jnp.ones(tile_sums.shape[:1], tile_sums.dtype)
