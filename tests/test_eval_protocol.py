@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # one compile p
 PARITY = pathlib.Path(__file__).parent / "testdata" / "parity"
 
 
-def _own_size_scores(config, variables, model) -> dict:
+def _own_size_confusion(config, variables, model) -> np.ndarray:
     """The reference protocol (docs/reference.md §5.1): each image alone, one matrix summed."""
     builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
     forward = jax.jit(lambda v, x: model.apply(v, preprocessing.normalize(x, "caffe")))
@@ -28,7 +28,7 @@ def _own_size_scores(config, variables, model) -> dict:
         total += np.bincount(
             num_classes * label[valid] + prediction[valid], minlength=num_classes**2
         ).reshape(num_classes, num_classes)
-    return metrics.scores(total)
+    return total
 
 
 @pytest.mark.slow
@@ -50,7 +50,12 @@ def test_eval_mode_scores_equal_a_per_image_own_size_evaluation(
     scores = evaluation.evaluate_model(config, str(tmp_path), weights_path=weights)
     model = steps.create_model(config, 5)
     variables = restore.load_variables(weights, config, "fcn8s")
-    want = _own_size_scores(config, variables, model)
+    confusion = _own_size_confusion(config, variables, model)
+    want = metrics.scores(confusion)
     assert all(iou > 0 for iou in want["per_class_iou"])  # every class is predicted
+    # A canvas batch sums in another order than one image alone (other GEMM blocks), which
+    # can flip a pixel whose two best logits are within rounding: some CPUs flip a few of the
+    # ~10^5 pixels. Padding seen by the model would change far more.
+    flips_allowed = 5 / confusion.sum()
+    assert abs(scores["pixel_accuracy"] - want["pixel_accuracy"]) <= flips_allowed
     assert abs(scores["mean_iou"] - want["mean_iou"]) <= 1e-4
-    assert abs(scores["pixel_accuracy"] - want["pixel_accuracy"]) <= 1e-6
