@@ -3,10 +3,12 @@
     python -m benchmarks.memory                                   # fcn8s, both geometries, 512x512
     python -m benchmarks.memory --geometries=simple --sizes=512x512,384x512
     python -m benchmarks.memory --peak=12                         # and the 12 largest buffers
+    python -m benchmarks.memory --without=winograd,frame          # 'auto' less these two only
 
 Compiles (never runs) the library's jitted train step (fcn_jax.steps, with each geometry's
 recipe as in benchmarks/steps.py) for the model's fast paths as 'auto' resolves them here,
-for the plain path ('none'), and for 'auto' without each of its tricks in turn, and prints
+for the plain path ('none'), and for 'auto' without each of its tricks in turn (or only those
+`--without` names), and prints
 XLA's memory analysis of each: the temporaries (activations, gradients and workspace of one
 step, which is what the tricks change), the arguments (parameters and optimiser state;
 donated, so the outputs reuse them), and their sum. No time is measured (benchmarks/steps.py
@@ -58,16 +60,19 @@ def _compiled_train_step(geometry: str, model_name: str, size: tuple[int, int], 
     return step.lower(state, batch).compile()
 
 
-def variants(fast) -> dict[str, object]:
-    """'auto' as resolved here, the plain path, and 'auto' less each trick it turns on.
+def variants(fast, without: tuple[str, ...] | None = None) -> dict[str, object]:
+    """'auto' as resolved here, the plain path, and 'auto' less each trick in `without`.
 
-    A trick the geometry does not use (the simple geometry has no frame) gives 'auto' again:
-    a check on the measurement itself.
+    `without` defaults to every trick 'auto' turns on; one it leaves off is skipped. A trick
+    the geometry does not use (the simple geometry has no frame) gives 'auto' again: a check
+    on the measurement itself.
     """
     from fcn_jax import fast_paths
 
     found = {"auto": fast, "none": fast_paths.FastPaths()}
-    for name in fast.names():
+    for name in fast.names() if without is None else without:
+        if not getattr(fast, name):
+            continue
         found[f"auto - {name}"] = dataclasses.replace(fast, **{name: False})
     return found
 
@@ -150,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--peak", type=int, default=0, help="list the N largest buffers at the peak of 'auto'"
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="comma-separated tricks: 'auto' less only these (default: less each it turns on)",
+    )
     args = parser.parse_args(argv)
     cases = []
     for geometry in args.geometries.split(","):
@@ -165,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
                     parser.error(f"bad size {size!r} in --sizes: use HxW with H, W >= 1")
     if args.peak < 0:
         parser.error("--peak must be >= 0")
+    without = tuple(args.without.split(",")) if args.without else None
+    from fcn_jax import fast_paths
+
+    for name in without or ():
+        if name not in fast_paths.TRICKS:
+            parser.error(f"unknown trick {name!r} in --without: use {', '.join(fast_paths.TRICKS)}")
 
     from fcn_jax import xla_setup
 
@@ -175,14 +191,12 @@ def main(argv: list[str] | None = None) -> None:
             "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"
         ).strip()
     xla_setup.add_default_xla_flags()  # main.py's CPU settings
-    from fcn_jax import fast_paths
-
     auto = fast_paths.resolve("auto")
     print("| geometry | model | size | fast paths | temporaries | arguments | total |")
     print("|---|---|---|---|---|---|---|")
     peaks = []
     for geometry, model_name, (height, width) in cases:
-        for label, fast in variants(auto).items():
+        for label, fast in variants(auto, without).items():
             compiled = _compiled_train_step(geometry, model_name, (height, width), fast)
             memory = compiled.memory_analysis()
             temp, arguments = memory.temp_size_in_bytes, memory.argument_size_in_bytes

@@ -152,14 +152,15 @@ def test_memory_table_and_peak_buffers():
         "--models=fcn32s",
         "--sizes=32x64",
         "--peak=3",
+        "--without=ordered_grads,frame",  # four compiles rather than one per trick
     )
     assert result.returncode == 0, result.stderr
     rows = re.findall(
         r"^\| simple \| fcn32s \| 32x64 \| ([^|]+) \| ([0-9.]+) GiB \|", result.stdout, re.M
     )
     labels = [label.strip() for label, _ in rows]
-    assert labels[:2] == ["auto", "none"] and "auto - ordered_grads" in labels
-    assert "auto - frame" in labels  # 'auto' turns it on; the simple geometry ignores it
+    # 'auto' turns on frame too; the simple geometry ignores it.
+    assert labels == ["auto", "none", "auto - ordered_grads", "auto - frame"]
     temporaries = dict((label.strip(), float(temp)) for label, temp in rows)
     assert temporaries["auto - frame"] == temporaries["auto"]
     summary, *peak = result.stdout.split("at the peak:")[1].strip().splitlines()
@@ -168,6 +169,13 @@ def test_memory_table_and_peak_buffers():
     assert len(peak) == 3 and all(re.match(r"\s*[0-9.]+ MiB  \S", line) for line in peak)
     sizes = [float(line.split()[0]) for line in peak]
     assert sizes == sorted(sizes, reverse=True) and sum(sizes) <= in_use
+
+
+def test_memory_unknown_trick_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark_memory.main(["--without=frame,fused_relu"])
+    assert exit_.value.code == 2
+    assert "unknown trick 'fused_relu' in --without" in capsys.readouterr().err
 
 
 def test_tricks_bad_size_is_named(capsys):
