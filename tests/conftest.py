@@ -69,11 +69,16 @@ def synthetic_data_dir(tmp_path_factory) -> str:
 # rather than one running a long file alone at the end. The other files keep their order.
 LONGEST_FIRST = (
     "test_readme.py",
-    "test_multihost.py",
-    "test_sizes.py",
-    "test_train.py",
+    "test_fast_paths.py",
+    "test_own_data_main.py",
+    "test_frame.py",
     "test_steps.py",
+    "test_train.py",
+    "test_multihost.py",
     "test_multihost_coordination.py",
+    "test_notebook.py",
+    "test_benchmarks.py",
+    "test_sizes.py",
 )
 
 
