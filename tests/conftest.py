@@ -39,10 +39,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def fewer_xla_optimizations():
-    """Most XLA optimizations off while the test runs: compiles take half the time.
+    """Most XLA optimizations off while the test runs: compiles take a half to a third the time.
 
-    For tests whose cost is many one-off compiles (one per image size) of what they check
-    exactly: the results are the same up to rounding.
+    For tests whose cost is compiles rather than runs (tiny models, one compile per image
+    size or per variant), which compare computations compiled alike: the results are the
+    same up to rounding. Not for tests of what XLA's optimizations do (memory, fusions).
     """
     import jax
 

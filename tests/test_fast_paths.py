@@ -29,6 +29,7 @@ def test_tricks_and_options():
         assert fast_paths.TRICK_INFO[trick].doc
 
 
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")
 ALL_ON = fast_paths.FastPaths(**dict.fromkeys(fast_paths.TRICKS, True))
 
 

@@ -7,6 +7,7 @@ from fcn_jax import frame, models
 from fcn_jax.models import reference
 from tests.helpers import random_variables
 
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")
 VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS])
 
 

@@ -7,6 +7,8 @@ from jax.sharding import Mesh
 from fcn_jax import input_pipeline, losses, models, steps
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")
+
 
 @pytest.mark.slow
 def test_sharded_step_equals_single_device_step(synthetic_data_dir):

@@ -23,6 +23,8 @@ from fcn_jax import (
 from fcn_jax.datasets import synthetic_shapes
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")
+
 
 def _params(workdir):
     step, state = checkpoint.read_latest_state(workdir)
