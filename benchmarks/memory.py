@@ -7,12 +7,11 @@
 
 Compiles (never runs) the library's jitted train step (fcn_jax.steps, with each geometry's
 recipe as in benchmarks/steps.py) for the model's fast paths as 'auto' resolves them here,
-for the plain path ('none'), and for 'auto' without each of its tricks in turn (or only those
-`--without` names), and prints
-XLA's memory analysis of each: the temporaries (activations, gradients and workspace of one
-step, which is what the tricks change), the arguments (parameters and optimiser state;
-donated, so the outputs reuse them), and their sum. No time is measured (benchmarks/steps.py
-does that).
+for the plain path ('none'), and for 'auto' without each of its tricks in turn (or only
+those `--without` names), and prints XLA's memory analysis of each: the temporaries
+(activations, gradients and workspace of one step, which is what the tricks change), the
+arguments (parameters and optimiser state; donated, so the outputs reuse them), and their
+sum. No time is measured (benchmarks/steps.py does that).
 
 `--peak=N` also lists the N largest temporaries live at the moment the step's temporaries
 peak, each with the operation that made it (JAX's name stack), from the buffer assignment and
