@@ -196,9 +196,8 @@ def _outputs(
     n, c_out = padded.shape[0], u[0].shape[-1]
     tiles = _tile_transforms(padded, INPUT_TRANSFORM, rows, cols)
     m = [p.reshape(n, rows, cols, c_out) for p in _products(tiles, u, precision)]
-    out = _sandwich(
-        OUTPUT_TRANSFORM, _as_grid(m)
-    )  # out[r][s]: output (2i + r, 2j + s) of tile (i, j)
+    # out[r][s]: output (2i + r, 2j + s) of tile (i, j)
+    out = _sandwich(OUTPUT_TRANSFORM, _as_grid(m))
     y = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # (n, rows, r, cols, s, o)
     return y.reshape(n, TILE * rows, TILE * cols, c_out)
 

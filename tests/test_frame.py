@@ -7,7 +7,8 @@ from fcn_jax import frame, models
 from fcn_jax.models import reference
 from tests.helpers import random_variables
 
-pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")
+pytestmark = pytest.mark.usefixtures("fewer_xla_optimizations")  # compiles dominate
+
 VGG16_FRAMED = tuple(n for _, n, _ in models.VGG16_BLOCKS[: reference.FRAMED_BLOCKS])
 
 
