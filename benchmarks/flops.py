@@ -14,9 +14,9 @@ the input padded to a multiple of 32, divided by the stride; fc6 is 1x1; `framed
 apply to it. `winograd=True` counts what fcn-jax executes with the `winograd` fast path: the
 3x3 convolutions after conv1_1 that run Winograd multiply 16 times per 2x2 outputs where the
 direct convolution multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are
-not counted). Those are every kernel gradient, the input gradients and (in the simple
-geometry only) the forward passes whose input has at least
-`fcn_jax.winograd.MIN_CHANNELS` channels.
+not counted). Those are every kernel gradient, the input gradients whose output gradient
+has at least `fcn_jax.winograd.MIN_INPUT_GRAD_CHANNELS` channels and (in the simple geometry
+only) the forward passes whose input has at least `fcn_jax.winograd.MIN_CHANNELS`.
 """
 
 import math
@@ -26,7 +26,7 @@ import numpy as np
 
 from fcn_jax import frame, models
 from fcn_jax.models import reference, simple
-from fcn_jax.winograd import MIN_CHANNELS
+from fcn_jax.winograd import MIN_CHANNELS, MIN_INPUT_GRAD_CHANNELS
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -80,9 +80,13 @@ def _winograd_layers() -> dict[str, tuple[int, int]]:
     return layers
 
 
-def _winograd(flops: int, channels: int = MIN_CHANNELS) -> int:
-    """A direct convolution's `flops` as Winograd counts them, if its input has `channels`."""
-    return flops * 16 // 36 if channels >= MIN_CHANNELS else flops
+def _winograd(flops: int, channels: int | None = None, minimum: int = MIN_CHANNELS) -> int:
+    """A direct convolution's `flops` as Winograd counts them.
+
+    Always for a kernel gradient (`channels` None), else if the correlation's input has at
+    least `minimum` channels.
+    """
+    return flops * 16 // 36 if channels is None or channels >= minimum else flops
 
 
 def _vgg_flops(
@@ -193,7 +197,7 @@ def train_flops(
         weight_grad = 0 if layer.startswith("upscore") else flops
         if layer in winograd_layers:
             # The input gradient correlates the output gradient: C_out channels deep.
-            input_grad = _winograd(input_grad, winograd_layers[layer][1])
+            input_grad = _winograd(input_grad, winograd_layers[layer][1], MIN_INPUT_GRAD_CHANNELS)
             weight_grad = _winograd(weight_grad)
         total += input_grad + weight_grad
     return total

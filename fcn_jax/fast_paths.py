@@ -60,10 +60,10 @@ _TRICKS = (
     Trick(
         "matmul_grads",
         _CPU,
-        "The gradients of conv1_1, fc6 and fc7 (the simple geometry: conv1_1 only) as matrix "
-        "products (fcn_jax.layers.conv_with_matmul_grads) instead of XLA's gradient "
-        "convolutions, which are slow on CPU for 3 input channels and transpose fc6's large "
-        "kernel every step. "
+        "The gradients of conv1_1, fc6 and fc7 as matrix products "
+        "(fcn_jax.layers.conv_with_matmul_grads) instead of XLA's gradient convolutions, which "
+        "are slow on CPU for 3 input channels and transpose fc6's and fc7's large kernels "
+        "every step. "
         "On GPU/TPU conv1_1's im2col needs a temporary that native gradients do not.",
     ),
     Trick(
@@ -96,8 +96,8 @@ _TRICKS = (
         _CPU,
         "The 3x3 convolutions other than conv1_1 as fcn_jax.winograd.WinogradConv: "
         "Winograd's F(2x2, 3x3), 2.25x fewer multiplications in the kernel gradients, and in "
-        "the input gradients and (course-notes geometry only) forward passes with 256 "
-        "channels or more, "
+        "the input gradients with 256 channels or more and (course-notes geometry only) the "
+        "forward passes with 128 or more, "
         "as matrix products that XLA's CPU backend runs faster than its convolutions, whose "
         "kernel gradients run well below their forward speed. Its backward orders the "
         "gradients as ordered_grads does, which it replaces where both are on. "

@@ -14,9 +14,9 @@ in products that XLA's CPU backend runs near its matmul peak, and the transforms
 element-wise sums (their coefficients are 0, +-1 and 1/2, so the rounding is that of a
 direct convolution). The backward pass is Winograd too: the kernel gradient sums
 (B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
-forward algorithm run on the output gradient with the kernel turned 180 degrees. Correlations
-of inputs under `MIN_CHANNELS` channels deep run XLA's convolution instead (the kernel
-gradient never does).
+forward algorithm run on the output gradient with the kernel turned 180 degrees. Shallow
+correlations (`MIN_CHANNELS`, `MIN_INPUT_GRAD_CHANNELS`) run XLA's convolution instead (the
+kernel gradient never does).
 
 `WinogradConv` is `nn.Conv` for the FCN's 3x3 stride-1 layers computed this way; its backward
 also computes the kernel and bias gradients before the input gradient, as
@@ -42,15 +42,22 @@ OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
 # The entry of A dY A^T, flattened (a * 4 + b), that sums its 2x2 tile of dY: A's row 1 is
 # (1, 1).
 TILE_SUM = 1 * 4 + 1
-# A correlation whose input has fewer channels runs XLA's convolution instead: conv1_2's to
-# conv3_1's forward passes and conv1_2's to conv2_2's input gradients. Products 64 or 128 deep
-# won little or no time (conv2_2's shape, 256x256 with 128 channels in and out: 102-117 ms
-# Winograd against 104 ms XLA; conv3_1's forward, 128x128 with 128 in and 256 out: 45 against
-# 51 ms), while the 16 products of such a correlation, together four times its output, were
-# alive at the train step's peak (docs/benchmarks.md). From 256 channels Winograd wins clearly
-# (128x128, 256 in and out: 65 against 102 ms). Kernel gradients are Winograd's at every
-# channel count: XLA's ran 3x slower than its forward pass there.
-MIN_CHANNELS = 256
+# A forward pass whose input has fewer channels runs XLA's convolution instead: conv1_2's and
+# conv2_1's. Products 64 deep won little there (on a Zen 4 CPU, conv1_2's shape, 384x512 with
+# 64 channels in and out: 85-92 ms Winograd against 83-84 ms XLA; conv2_1's, 192x256 with 64
+# in and 128 out: 30 against 35 ms), while their 16 products, together four times the
+# output, are large at the full size: conv1_2's forward pass and input gradient as Winograd
+# grew the train step's temporaries at 384x512 from 200 to 321 MiB. From 128
+# channels Winograd wins on that CPU (conv2_2's shape, 192x256 with 128 in and out: 54-57
+# against 72-73 ms; conv3_1's, 96x128 with 128 in and 256 out: 23-24 against 35 ms).
+MIN_CHANNELS = 128
+# The input gradient, whose products are alive at the train step's peak, is Winograd's from
+# 256 channels of output gradient: conv2_1's and conv2_2's (128 channels) as Winograd made the
+# step no faster on that CPU and its temporaries 20 MiB (384x512) to 27 MiB (512x512) larger;
+# from 256 channels it wins clearly (128x128, 256 in and out: 65 against 102 ms on an AVX2
+# CPU). Kernel gradients are Winograd's at every channel count: XLA's ran 3x slower than its
+# forward pass (docs/benchmarks.md).
+MIN_INPUT_GRAD_CHANNELS = 256
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -263,8 +270,12 @@ def _correlate_or_xla(
     winograd: bool,
     turned: bool = False,
 ) -> jax.Array:
-    """`correlate`, or XLA's convolution if not `winograd` or `x` has under MIN_CHANNELS."""
-    if winograd and x.shape[-1] >= MIN_CHANNELS:
+    """`correlate`, or XLA's convolution if not `winograd` or `x` is too shallow.
+
+    Too shallow: under MIN_CHANNELS channels, or MIN_INPUT_GRAD_CHANNELS for the input
+    gradient (`turned`).
+    """
+    if winograd and x.shape[-1] >= (MIN_INPUT_GRAD_CHANNELS if turned else MIN_CHANNELS):
         return correlate(x, kernel, padding, precision, turned)
     if turned:
         kernel = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
@@ -282,10 +293,11 @@ def winograd_conv_bias(
 ) -> jax.Array:
     """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
 
-    The forward pass and the input gradient are Winograd's where their input has at least
-    `MIN_CHANNELS` channels, XLA's convolution elsewhere (the same values up to float
-    rounding); the kernel gradient is always Winograd's. With `forward=False` the forward
-    pass is always XLA's, so the values a model computes are exactly XLA's, ties included.
+    The forward pass is Winograd's where its input has at least `MIN_CHANNELS` channels, the
+    input gradient where the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and
+    XLA's convolution computes them elsewhere (the same values up to float rounding); the
+    kernel gradient is always Winograd's. With `forward=False` the forward pass is always
+    XLA's, so the values a model computes are exactly XLA's, ties included.
 
     The backward computes the kernel and bias gradients first and makes the input gradient
     depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),

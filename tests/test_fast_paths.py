@@ -129,8 +129,8 @@ def test_all_tricks_compute_what_the_plain_path_computes(geometry, name):
 )
 def test_each_trick_alone_computes_what_the_plain_path_computes(geometry, trick):
     sizes = np.array([[37, 45], [20, 31]], np.int32)
-    # Winograd's forward passes and input gradients need 256 channels (blocks 4-5 at half
-    # width); narrower, only its kernel gradients would run.
+    # Winograd's forward passes need 128 channels and its input gradients 256 (blocks 4-5
+    # at half width); narrower, only its kernel gradients would run.
     width = 1 / 2 if trick == "winograd" else 1 / 16
     fast = fast_paths.FastPaths(**{trick: True})
     _check_against_plain_path(geometry, "fcn8s", fast, sizes, width)

@@ -15,9 +15,11 @@ def _values_and_grads(module, variables, x, g):
     return out, jax.jit(vjp)(g)
 
 
-# Winograd computes every kernel gradient, and the forward pass (input gradient) where the
-# input (output) has at least MIN_CHANNELS channels; XLA's convolution the rest.
+# Winograd computes every kernel gradient, the forward pass where the input has at least
+# MIN_CHANNELS channels and the input gradient where the output has at least
+# MIN_INPUT_GRAD_CHANNELS; XLA's convolution the rest.
 DEEP = winograd.MIN_CHANNELS
+DEEP_GRAD = winograd.MIN_INPUT_GRAD_CHANNELS
 
 
 @pytest.mark.parametrize(
@@ -29,8 +31,8 @@ DEEP = winograd.MIN_CHANNELS
         ((1, 4, 4, 2), 6, "SAME"),
         ((1, 1, 1, 4), 6, 1),  # a single pixel
         ((1, 6, 5, DEEP), 6, 1),  # a Winograd forward pass
-        ((1, 7, 6, 4), DEEP, ((2, 0), (1, 2))),  # a Winograd input gradient
-        ((1, 5, 5, DEEP), DEEP, "VALID"),  # both
+        ((1, 7, 6, 4), DEEP_GRAD, ((2, 0), (1, 2))),  # a Winograd input gradient
+        ((1, 5, 5, DEEP), DEEP_GRAD, "VALID"),  # both
     ],
 )
 def test_winograd_conv_equals_flax_conv(shape, features, padding):
@@ -70,8 +72,8 @@ def test_winograd_conv_can_keep_xla_forward_values_exactly():
     # What the reference geometry relies on: equal inputs give exactly equal outputs, so its
     # max-pooling ties fall as on the plain path; only the gradients are Winograd's.
     x = jax.random.normal(jax.random.key(0), (1, 6, 8, DEEP))
-    plain = nn.Conv(DEEP, (3, 3), padding=1)
-    fast = winograd.WinogradConv(DEEP, (3, 3), padding=1, winograd_forward=False)
+    plain = nn.Conv(DEEP_GRAD, (3, 3), padding=1)  # deep enough for a Winograd input gradient
+    fast = winograd.WinogradConv(DEEP_GRAD, (3, 3), padding=1, winograd_forward=False)
     variables = plain.init(jax.random.key(1), x)
     g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
     want, want_grads = _values_and_grads(plain, variables, x, g)

@@ -77,20 +77,17 @@ class SimpleFCN(FCNModel):
 
     Its attributes are those of `FCNModel`. The speed tricks (`fast`) apply as in the
     reference geometry, but for the frame, which this geometry does not have: fused ReLU and
-    (floor) pooling, matrix-product gradients for conv1_1, ordered gradients for the other
-    3x3 convolutions, and the sub-pixel deconvolutions; and those 3x3 convolutions as
-    Winograd F(2x2, 3x3) forwards too, where the reference geometry uses it for their
+    (floor) pooling, matrix-product gradients for conv1_1, fc6 and fc7, ordered gradients for
+    the other 3x3 convolutions, and the sub-pixel deconvolutions; and those 3x3 convolutions
+    as Winograd F(2x2, 3x3) forwards too, where the reference geometry uses it for their
     gradients only (`FCNModel.backbone_conv`). Its own trick, `recompute_conv1_1`, recomputes
     conv1_1's full-size output in the backward pass instead of keeping it (`_first_block`).
-    fc6 and fc7 keep XLA's gradients: on their 1x1 kernels over a 16x16 map (at 512x512) the
-    matrix products won no time and kept 19 MB more alive at the train step's peak
-    (docs/benchmarks.md).
     """
 
     def _conv(
         self, features: int, size: int, name: str, matmul_grads: bool = False, **kwargs: Any
     ) -> nn.Conv:
-        """A 3x3 (padding 1) or 1x1 convolution; `matmul_grads` marks conv1_1."""
+        """A 3x3 (padding 1) or 1x1 convolution; `matmul_grads` marks conv1_1, fc6 and fc7."""
         if matmul_grads:
             if self.fast.matmul_grads:
                 kwargs["conv_general_dilated"] = conv_with_matmul_grads
@@ -126,7 +123,9 @@ class SimpleFCN(FCNModel):
             x = pool(x)
             pools[block] = x
         for name in FRESH_LAYERS:
-            fc = self._conv(self.channels(FC_CHANNELS), 1, name, kernel_init=FC_KERNEL_INIT)
+            fc = self._conv(
+                self.channels(FC_CHANNELS), 1, name, matmul_grads=True, kernel_init=FC_KERNEL_INIT
+            )
             x = nn.relu(fc(x))
             x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
