@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
+from benchmarks import layers as benchmark_layers
 from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
 from benchmarks import tricks as benchmark_tricks
@@ -183,3 +184,34 @@ def test_tricks_bad_size_is_named(capsys):
         benchmark_tricks.main(["--size=512"])
     assert exit_.value.code == 2
     assert "bad --size '512'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_layers_table_has_every_shape_at_its_map_size():
+    # FCN_TORCH_PYTHON empty: fcn-jax's and XLA's columns only, as where torch is missing.
+    result = run_python(
+        "-m", "benchmarks.layers", "--size=64x96", "--reps=1", "--rounds=2", FCN_TORCH_PYTHON=""
+    )
+    assert result.returncode == 0, result.stderr
+    number = r"([0-9.]+) / ([0-9.]+)"
+    rows = re.findall(
+        rf"^\| (conv\d_\d) \| (\d+)->(\d+) \| (\d+x\d+) \| {number} \| {number} \| {number} \|$",
+        result.stdout,
+        re.M,
+    )
+    assert [row[0] for row in rows] == [name for name, *_ in benchmark_layers.LAYERS]
+    for (_, c_in, c_out, size, *times), (_, want_in, want_out, stride) in zip(
+        rows, benchmark_layers.LAYERS, strict=True
+    ):
+        assert (int(c_in), int(c_out), size) == (
+            want_in,
+            want_out,
+            f"{64 // stride}x{96 // stride}",
+        )
+        assert all(float(t) > 0 for t in times)
+
+
+@pytest.mark.parametrize("size", ["384", "100x96", "0x32"])
+def test_layers_bad_size_is_named(size, capsys):
+    message = usage_error(benchmark_layers.main, [f"--size={size}"], capsys)
+    assert f"bad --size '{size}'" in message
