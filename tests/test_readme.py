@@ -45,6 +45,9 @@ NOT_RUN = {
         "full width, minutes: tests/test_benchmarks.py runs it small"
     ),
     ".venv/bin/python -m benchmarks.tricks": "full width, minutes and GBs; a timing only",
+    "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m benchmarks.layers": (
+        "full-size layers, minutes: tests/test_benchmarks.py runs it small"
+    ),
     ".venv/bin/python -m benchmarks.export_latency": (
         "full width, minutes and GBs: tests/test_export_latency.py runs it tiny"
     ),
