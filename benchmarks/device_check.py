@@ -20,7 +20,6 @@ as skipped, so the check stays within its time.
 
 import argparse
 import functools
-import statistics
 import time
 from collections.abc import Callable
 
@@ -31,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from benchmarks import flops
-from benchmarks.steps import NUM_CLASSES, PEAK_TFLOPS, _jax_variables
+from benchmarks.steps import NUM_CLASSES, PEAK_TFLOPS, _jax_variables, median_seconds
 from configs import default
 from fcn_jax import fast_paths, layers, optim, steps, winograd, xla_setup
 from fcn_jax.models import reference
@@ -42,13 +41,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def _median_seconds(fn: Callable, args: tuple, repeats: int) -> float:
     """Median wall time of `fn(*args)`, after one untimed call (compilation)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def _relative_error(got: list[jax.Array], want: list[jax.Array]) -> float:

@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 from benchmarks import steps as benchmark_steps
 
@@ -44,14 +43,7 @@ PADDING = ((1, 1), (1, 1))
 
 
 def _median_ms(call, reps: int) -> float:
-    """The median of `reps` timed calls of `call`, in milliseconds, after one warm-up call."""
-    call()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * benchmark_steps.median_seconds(call, reps)
 
 
 def _jax_pieces(conv, x, kernel, bias, grad) -> dict:
@@ -195,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.height, args.width = benchmark_steps.parse_size(args.size)
+        if args.height % 32 or args.width % 32:
+            raise ValueError(args.size)
     except ValueError:
-        args.height = args.width = 0
-    if args.height % 32 or args.width % 32 or not args.height:
         parser.error(f"bad --size {args.size!r}: use HxW, each a multiple of 32, e.g. 384x512")
     if args.worker:
         worker(args)

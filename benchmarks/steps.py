@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 21
@@ -406,6 +407,20 @@ def _rows(args: argparse.Namespace, case: dict, workers: list[_Worker]) -> list[
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 GEOMETRIES = ("reference", "simple")
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The median wall time of `repeats` calls of `call`, after one untimed call.
+
+    `call` must wait for its own result (`jax.block_until_ready` for JAX).
+    """
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def parse_size(text: str) -> tuple[int, int]:
