@@ -15,8 +15,9 @@ apply to it. `winograd=True` counts what fcn-jax executes with the `winograd` fa
 3x3 convolutions after conv1_1 that run Winograd multiply 16 times per 2x2 outputs where the
 direct convolution multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are
 not counted). Those are every kernel gradient, the input gradients whose output gradient
-has at least `fcn_jax.winograd.MIN_INPUT_GRAD_CHANNELS` channels and (in the simple geometry
-only) the forward passes whose input has at least `fcn_jax.winograd.MIN_CHANNELS`.
+has at least `fcn_jax.winograd.MIN_INPUT_GRAD_CHANNELS` channels and the forward passes
+whose input has at least `fcn_jax.winograd.MIN_CHANNELS` (in the reference geometry only
+where nothing is differentiated: inference, not the train step).
 """
 
 import math
@@ -143,18 +144,18 @@ def layer_flops(
 ) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
 
-    `framed` applies to the reference geometry only, `winograd` (the module docstring) to the
-    forward pass of the simple one; the simple one has no at-once variant.
+    `framed` applies to the reference geometry only, `winograd` (the module docstring) to
+    the forward passes; the simple geometry has no at-once variant.
     """
     if geometry == "simple":
         flops, pools = _vgg_flops(_simple_block_sizes(height, width))
-        if winograd:
-            for layer, (c_in, _) in _winograd_layers().items():
-                flops[layer] = _winograd(flops[layer], c_in)
         fc, fc_kernel = pools[5], 1
     else:
         flops, pools = _vgg_flops(_block_sizes(height, width, framed))
         fc, fc_kernel = (pools[5][0] - 6, pools[5][1] - 6), 7  # fc6: a 7x7 VALID convolution
+    if winograd:
+        for layer, (c_in, _) in _winograd_layers().items():
+            flops[layer] = _winograd(flops[layer], c_in)
     flops["fc6"] = _conv(*fc, 512, models.FC_CHANNELS, fc_kernel)
     flops["fc7"] = _conv(*fc, models.FC_CHANNELS, models.FC_CHANNELS, 1)
     flops["score_fr"] = _conv(*fc, models.FC_CHANNELS, num_classes, 1)
@@ -189,7 +190,9 @@ def train_flops(
     """
     winograd_layers = _winograd_layers() if winograd else {}
     direct = layer_flops(name, height, width, num_classes, **options)
-    total = forward_flops(name, height, width, num_classes, winograd=winograd, **options)
+    # Differentiated, the reference geometry's forward passes are XLA's (its max-pooling ties).
+    winograd_forward = winograd and options.get("geometry") == "simple"
+    total = forward_flops(name, height, width, num_classes, winograd=winograd_forward, **options)
     if recompute_conv1_1:
         total += direct["conv1_1"]
     for layer, flops in direct.items():

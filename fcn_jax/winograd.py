@@ -289,15 +289,18 @@ def winograd_conv_bias(
     bias: jax.Array,
     padding: Padding,
     precision: Any,
-    forward: bool = True,
+    xla_forward_under_grad: bool = False,
 ) -> jax.Array:
     """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
 
     The forward pass is Winograd's where its input has at least `MIN_CHANNELS` channels, the
     input gradient where the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and
     XLA's convolution computes them elsewhere (the same values up to float rounding); the
-    kernel gradient is always Winograd's. With `forward=False` the forward pass is always
-    XLA's, so the values a model computes are exactly XLA's, ties included.
+    kernel gradient is always Winograd's. With `xla_forward_under_grad`, the forward pass of
+    a call that is differentiated (`jax.grad`, `jax.vjp`: the custom VJP's forward rule) is
+    always XLA's, so the values whose ties route the gradients (max pooling's) are exactly
+    XLA's; a call that is not differentiated, such as inference, stays Winograd's, since
+    without gradients a tie decides nothing that rounding does not.
 
     The backward computes the kernel and bias gradients first and makes the input gradient
     depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),
@@ -309,18 +312,19 @@ def winograd_conv_bias(
       bias: (C_out,).
       padding: ((top, bottom), (left, right)), each between 0 and 2.
       precision: as `lax.dot_general`'s.
-      forward: whether the forward pass may be Winograd's too.
+      xla_forward_under_grad: whether a differentiated call's forward pass is XLA's.
     """
-    return _correlate_or_xla(x, kernel, padding, precision, forward) + bias.astype(x.dtype)
+    return _correlate_or_xla(x, kernel, padding, precision, True) + bias.astype(x.dtype)
 
 
-def _fwd(x, kernel, bias, padding, precision, forward):
-    y = _correlate_or_xla(x, kernel, padding, precision, forward) + bias.astype(x.dtype)
+def _fwd(x, kernel, bias, padding, precision, xla_forward_under_grad):
+    winograd = not xla_forward_under_grad
+    y = _correlate_or_xla(x, kernel, padding, precision, winograd) + bias.astype(x.dtype)
     return y, (x, kernel, bias)
 
 
-def _bwd(padding, precision, forward, residuals, grad):
-    del forward  # the gradients are Winograd's either way
+def _bwd(padding, precision, xla_forward_under_grad, residuals, grad):
+    del xla_forward_under_grad  # the gradients are Winograd's either way
     x, kernel, bias = residuals
     # The kernel gradient transforms the same tiles of `x` as the forward pass did; tied to
     # the output gradient, they are neither shared with the forward pass (CSE) nor built
@@ -351,12 +355,13 @@ class WinogradConv(ConvWithOrderedGrads):
     `winograd_conv_bias`.
 
     Attributes (besides `nn.Conv`'s):
-      winograd_forward: compute the forward pass by Winograd too (see `winograd_conv_bias`).
-        False keeps XLA's forward values exactly, for a model whose max-pooling ties must
-        fall as the plain path's do; its gradients are still Winograd's.
+      xla_forward_under_grad: where the layer is differentiated, compute its forward pass
+        with XLA's convolution, whose values are exactly XLA's, for a model whose max-pooling
+        ties must route the gradients as the plain path's do (`winograd_conv_bias`). Its
+        gradients, and its forward pass where it is not differentiated, stay Winograd's.
     """
 
-    winograd_forward: bool = True
+    xla_forward_under_grad: bool = False
 
     def _conv_bias(
         self, x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: Padding
@@ -368,4 +373,6 @@ class WinogradConv(ConvWithOrderedGrads):
                 "WinogradConv supports 3x3 kernels with 0 to 2 rows and columns of padding on "
                 f"each side, got a {kernel.shape[0]}x{kernel.shape[1]} kernel and padding {pads}"
             )
-        return winograd_conv_bias(x, kernel, bias, pads, self.precision, self.winograd_forward)
+        return winograd_conv_bias(
+            x, kernel, bias, pads, self.precision, self.xla_forward_under_grad
+        )

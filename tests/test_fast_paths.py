@@ -102,9 +102,13 @@ def _check_against_plain_path(geometry, name, fast, sizes=None, width=1 / 16):
     fast_logits, fast_grads = _logits_and_grads(
         plain.clone(fast=fast), variables, images, labels, sizes
     )
+    # Inference (not differentiated) may compute its forward pass differently: the
+    # reference geometry's Winograd forward passes run only there.
+    fast_inference = jax.jit(plain.clone(fast=fast).apply)(variables, images, sizes=sizes)
     # Relative to the logits' scale: at half width (the Winograd check) they reach ~2e3.
     scale = max(1.0, float(jnp.abs(plain_logits).max()))
-    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4 * scale)
+    for logits in (fast_logits, fast_inference):
+        np.testing.assert_allclose(logits, plain_logits, rtol=1e-4, atol=1e-4 * scale)
     for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.abs(want).max()))
 
@@ -117,6 +121,12 @@ def _check_against_plain_path(geometry, name, fast, sizes=None, width=1 / 16):
 )
 def test_all_tricks_compute_what_the_plain_path_computes(geometry, name):
     _check_against_plain_path(geometry, name, ALL_ON)
+
+
+def test_all_tricks_with_winograd_forward_passes_compute_what_the_plain_path_computes():
+    # At half width blocks 3-5 have the channels of Winograd forward passes, which the
+    # reference geometry runs in inference only, together with the frame of blocks 1-3.
+    _check_against_plain_path("reference", "fcn8s", ALL_ON, width=1 / 2)
 
 
 # The tricks each geometry has (the simple geometry has no frame, the reference geometry

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import losses, models
+from fcn_jax import losses, models, winograd
 from tests.helpers import random_variables
 
 pytestmark = [
@@ -39,6 +39,22 @@ def test_canvas_logits_with_sizes_equal_own_size_logits(name, fast):
         scale = float(own.max() - own.min())
         diff = float(jnp.abs(canvas_logits[i, :h, :w] - own).max())
         assert diff <= 1e-5 * scale, (name, (h, w), diff, scale)
+
+
+def test_canvas_logits_with_sizes_hold_for_the_winograd_forward_passes():
+    # At a quarter width blocks 4 and 5 have 128 channels, enough for the Winograd forward
+    # passes that inference runs (fcn_jax.winograd.MIN_CHANNELS) beside the frame.
+    model = models.get_model("fcn8s", num_classes=3, width=1 / 4, fast_paths="all")
+    assert model.channels(512) >= winograd.MIN_CHANNELS
+    variables = random_variables(model)
+    images = _canvas_images()[:3]
+    sizes = SIZES[1:4]
+    canvas_logits = jax.jit(model.apply)(variables, images, sizes=sizes)
+    for i, (h, w) in enumerate(sizes):
+        own = model.apply(variables, images[i : i + 1, :h, :w])[0]
+        scale = float(own.max() - own.min())
+        diff = float(jnp.abs(canvas_logits[i, :h, :w] - own).max())
+        assert diff <= 1e-5 * scale, ((h, w), diff, scale)
 
 
 def test_without_sizes_the_canvas_changes_logits_inside_the_image():

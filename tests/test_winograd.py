@@ -68,18 +68,25 @@ def test_correlate_turned_equals_correlate_with_the_turned_kernel():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
 
 
-def test_winograd_conv_can_keep_xla_forward_values_exactly():
-    # What the reference geometry relies on: equal inputs give exactly equal outputs, so its
-    # max-pooling ties fall as on the plain path; only the gradients are Winograd's.
+def test_winograd_conv_can_keep_xla_forward_values_exactly_where_differentiated():
+    # What the reference geometry relies on: equal inputs give exactly equal outputs where the
+    # layer is differentiated, so its max-pooling ties route the gradients as on the plain
+    # path; only the gradients are Winograd's. Not differentiated, the forward pass is
+    # Winograd's: exactly what the default layer computes, not XLA's values.
     x = jax.random.normal(jax.random.key(0), (1, 6, 8, DEEP))
     plain = nn.Conv(DEEP_GRAD, (3, 3), padding=1)  # deep enough for a Winograd input gradient
-    fast = winograd.WinogradConv(DEEP_GRAD, (3, 3), padding=1, winograd_forward=False)
+    fast = winograd.WinogradConv(DEEP_GRAD, (3, 3), padding=1, xla_forward_under_grad=True)
     variables = plain.init(jax.random.key(1), x)
     g = jax.random.normal(jax.random.key(2), plain.apply(variables, x).shape)
     want, want_grads = _values_and_grads(plain, variables, x, g)
     got, got_grads = _values_and_grads(fast, variables, x, g)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(fast.apply(variables, x), want)
+    inference = fast.apply(variables, x)
+    np.testing.assert_array_equal(
+        inference, winograd.WinogradConv(DEEP_GRAD, (3, 3), padding=1).apply(variables, x)
+    )
+    assert not np.array_equal(inference, want)
+    np.testing.assert_allclose(inference, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
     x = jnp.zeros((1, 16, 16, DEEP))  # large enough for the transforms' additions not to count

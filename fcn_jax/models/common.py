@@ -128,20 +128,23 @@ class FCNModel(nn.Module):
             raise ValueError(f"{type(self).__name__} stride must be 8, 16 or 32, got {self.stride}")
 
     def backbone_conv(
-        self, features: int, padding: Any, name: str, winograd_forward: bool = True
+        self, features: int, padding: Any, name: str, xla_forward_under_grad: bool = False
     ) -> nn.Module:
         """A 3x3 VGG16 convolution after conv1_1, as `fast` computes it.
 
-        `WinogradConv` when `fast.winograd` (its forward pass Winograd's too unless
-        `winograd_forward` is False, which a geometry sets where the forward values must be
-        exactly XLA's), else `ConvWithOrderedGrads` when `fast.ordered_grads`, else
-        `nn.Conv`: the same parameters and values (fcn_jax.layers, fcn_jax.winograd).
+        `WinogradConv` when `fast.winograd` (its forward pass Winograd's too, except where it
+        is differentiated with `xla_forward_under_grad`, which a geometry sets where the
+        values that route its gradients must be exactly XLA's), else `ConvWithOrderedGrads`
+        when `fast.ordered_grads`, else `nn.Conv`: the same parameters and values
+        (fcn_jax.layers, fcn_jax.winograd).
         conv1_1 is left out: its 3 input channels make poor matrix products, and its input
         gradient is never computed.
         """
         options = dict(padding=padding, dtype=self.dtype, param_dtype=jnp.float32, name=name)
         if self.fast.winograd:
-            return WinogradConv(features, (3, 3), winograd_forward=winograd_forward, **options)
+            return WinogradConv(
+                features, (3, 3), xla_forward_under_grad=xla_forward_under_grad, **options
+            )
         if self.fast.ordered_grads:
             return ConvWithOrderedGrads(features, (3, 3), **options)
         return nn.Conv(features, (3, 3), **options)

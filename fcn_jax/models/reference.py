@@ -62,12 +62,13 @@ class FCN(FCNModel):
     def _conv(self, features: int, size: int, padding: Any, matmul_grads: bool, name: str):
         use_matmul = matmul_grads and self.fast.matmul_grads
         if size == 3 and not matmul_grads:
-            # Winograd only backwards: conv1_1's padding makes a frame of equal values
-            # (§2.4), whose max-pooling ties send the gradient to each window's first maximum
-            # (as Caffe and XLA do). Winograd's forward rounding depends on the position in
-            # its tile, so it would break those ties elsewhere and move the frame's gradients
-            # (conv1_1's kernel gradient by 5% at 37x45, tests/test_fast_paths.py).
-            return self.backbone_conv(features, padding, name, winograd_forward=False)
+            # XLA's forward pass where differentiated: conv1_1's padding makes a frame of
+            # equal values (§2.4), whose max-pooling ties send the gradient to each window's
+            # first maximum (as Caffe and XLA do). Winograd's forward rounding depends on the
+            # position in its tile, so it would break those ties elsewhere and move the
+            # frame's gradients (conv1_1's kernel gradient by 5% at 37x45,
+            # tests/test_fast_paths.py). Inference computes no gradients: Winograd's there.
+            return self.backbone_conv(features, padding, name, xla_forward_under_grad=True)
         return nn.Conv(
             features,
             (size, size),
