@@ -130,8 +130,8 @@ def test_all_tricks_with_winograd_forward_passes_compute_what_the_plain_path_com
 
 
 # The tricks each geometry has (the simple geometry has no frame, the reference geometry
-# recomputes nothing; its Winograd convolutions are Winograd backwards only), each alone,
-# with sizes.
+# recomputes nothing; its Winograd convolutions are Winograd backwards only where
+# differentiated), each alone, with sizes.
 @pytest.mark.parametrize(
     "geometry, trick",
     [("reference", t) for t in fast_paths.TRICKS if t != "recompute_conv1_1"]

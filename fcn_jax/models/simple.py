@@ -79,9 +79,10 @@ class SimpleFCN(FCNModel):
     reference geometry, but for the frame, which this geometry does not have: fused ReLU and
     (floor) pooling, matrix-product gradients for conv1_1, fc6 and fc7, ordered gradients for
     the other 3x3 convolutions, and the sub-pixel deconvolutions; and those 3x3 convolutions
-    as Winograd F(2x2, 3x3) forwards too, where the reference geometry uses it for their
-    gradients only (`FCNModel.backbone_conv`). Its own trick, `recompute_conv1_1`, recomputes
-    conv1_1's full-size output in the backward pass instead of keeping it (`_first_block`).
+    as Winograd F(2x2, 3x3) forwards too, also where differentiated, where the reference
+    geometry keeps XLA's forward pass (`FCNModel.backbone_conv`). Its own trick,
+    `recompute_conv1_1`, recomputes conv1_1's full-size output in the backward pass instead
+    of keeping it (`_first_block`).
     """
 
     def _conv(
