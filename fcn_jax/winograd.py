@@ -314,12 +314,13 @@ def winograd_conv_bias(
       precision: as `lax.dot_general`'s.
       xla_forward_under_grad: whether a differentiated call's forward pass is XLA's.
     """
-    return _correlate_or_xla(x, kernel, padding, precision, True) + bias.astype(x.dtype)
+    y = _correlate_or_xla(x, kernel, padding, precision, winograd=True)
+    return y + bias.astype(x.dtype)
 
 
 def _fwd(x, kernel, bias, padding, precision, xla_forward_under_grad):
-    winograd = not xla_forward_under_grad
-    y = _correlate_or_xla(x, kernel, padding, precision, winograd) + bias.astype(x.dtype)
+    y = _correlate_or_xla(x, kernel, padding, precision, winograd=not xla_forward_under_grad)
+    y = y + bias.astype(x.dtype)
     return y, (x, kernel, bias)
 
 

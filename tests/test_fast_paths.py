@@ -123,6 +123,7 @@ def test_all_tricks_compute_what_the_plain_path_computes(geometry, name):
     _check_against_plain_path(geometry, name, ALL_ON)
 
 
+@pytest.mark.slow
 def test_all_tricks_with_winograd_forward_passes_compute_what_the_plain_path_computes():
     # At half width blocks 3-5 have the channels of Winograd forward passes, which the
     # reference geometry runs in inference only, together with the frame of blocks 1-3.
