@@ -81,13 +81,13 @@ def _winograd_layers() -> dict[str, tuple[int, int]]:
     return layers
 
 
-def _winograd(flops: int, channels: int | None = None, minimum: int = MIN_CHANNELS) -> int:
-    """A direct convolution's `flops` as Winograd counts them.
+def _winograd(flops: int, deep_enough: bool = True) -> int:
+    """A direct convolution's `flops` as Winograd counts them, where it runs Winograd.
 
-    Always for a kernel gradient (`channels` None), else if the correlation's input has at
-    least `minimum` channels.
+    Kernel gradients always do; forward passes and input gradients where their correlation's
+    input is `deep_enough` (`MIN_CHANNELS`, `MIN_INPUT_GRAD_CHANNELS`).
     """
-    return flops * 16 // 36 if channels is None or channels >= minimum else flops
+    return flops * 16 // 36 if deep_enough else flops
 
 
 def _vgg_flops(
@@ -155,7 +155,7 @@ def layer_flops(
         fc, fc_kernel = (pools[5][0] - 6, pools[5][1] - 6), 7  # fc6: a 7x7 VALID convolution
     if winograd:
         for layer, (c_in, _) in _winograd_layers().items():
-            flops[layer] = _winograd(flops[layer], c_in)
+            flops[layer] = _winograd(flops[layer], c_in >= MIN_CHANNELS)
     flops["fc6"] = _conv(*fc, 512, models.FC_CHANNELS, fc_kernel)
     flops["fc7"] = _conv(*fc, models.FC_CHANNELS, models.FC_CHANNELS, 1)
     flops["score_fr"] = _conv(*fc, models.FC_CHANNELS, num_classes, 1)
@@ -200,7 +200,8 @@ def train_flops(
         weight_grad = 0 if layer.startswith("upscore") else flops
         if layer in winograd_layers:
             # The input gradient correlates the output gradient: C_out channels deep.
-            input_grad = _winograd(input_grad, winograd_layers[layer][1], MIN_INPUT_GRAD_CHANNELS)
+            c_out = winograd_layers[layer][1]
+            input_grad = _winograd(input_grad, c_out >= MIN_INPUT_GRAD_CHANNELS)
             weight_grad = _winograd(weight_grad)
         total += input_grad + weight_grad
     return total

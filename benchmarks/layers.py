@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     """Prints the table; `argv` defaults to the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="384x512", help="HxW, each a multiple of 32")
-    parser.add_argument("--reps", type=benchmark_steps._positive_int, default=7)
-    parser.add_argument("--rounds", type=benchmark_steps._positive_int, default=2)
+    parser.add_argument("--reps", type=benchmark_steps.positive_int, default=7)
+    parser.add_argument("--rounds", type=benchmark_steps.positive_int, default=2)
     parser.add_argument(
         "--torch-python",
         default=os.environ.get("FCN_TORCH_PYTHON"),

@@ -454,7 +454,8 @@ def _cases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[di
     return cases
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: `text` as an int of at least 1 (the benchmarks' counts)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -470,8 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--geometries", default="reference", help="comma-separated: reference,simple"
     )
-    parser.add_argument("--batch", type=_positive_int, default=1)
-    parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per framework")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per framework")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
         "--torch-python",

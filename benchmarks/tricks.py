@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--geometry", default="simple", choices=benchmark_steps.GEOMETRIES)
     parser.add_argument("--size", default="512x512", help="HxW")
-    parser.add_argument("--rounds", type=benchmark_steps._positive_int, default=9)
+    parser.add_argument("--rounds", type=benchmark_steps.positive_int, default=9)
     args = parser.parse_args(argv)
     try:
         height, width = benchmark_steps.parse_size(args.size)
