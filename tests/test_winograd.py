@@ -55,6 +55,25 @@ def test_winograd_conv_equals_flax_conv(shape, features, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("bands", [3, 4])  # 6 tile rows in bands of 2; of 2, 1, 1 and 2
+def test_kernel_gradient_in_bands_equals_flax_conv(monkeypatch, bands):
+    # 11 x 9 outputs: 6 tile rows, the last half outside the map. Bands this small make a
+    # small map run in several, as large maps do at BAND_BYTES.
+    x = jax.random.normal(jax.random.key(0), (2, 11, 9, 4))
+    monkeypatch.setattr(winograd, "BAND_BYTES", x.nbytes // bands)
+    assert len(winograd._bands(6, x.nbytes)) == bands
+    plain, fast = (
+        conv(features=4, kernel_size=(3, 3)) for conv in (nn.Conv, winograd.WinogradConv)
+    )
+    variables = plain.init(jax.random.key(1), x)
+    g = jax.random.normal(jax.random.key(2), x.shape)
+    want = _values_and_grads(plain, variables, x, g)[1][0]["params"]
+    got = _values_and_grads(fast, variables, x, g)[1][0]["params"]
+    for name in ("kernel", "bias"):
+        scale = float(jnp.abs(want[name]).max())
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_correlate_turned_equals_correlate_with_the_turned_kernel():
     # The input gradient's transform, taken from the kernel's own (TURNED_ROWS), against the
     # transform of the kernel turned 180 degrees with its channels swapped.
