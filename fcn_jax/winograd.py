@@ -65,11 +65,12 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # (or of output gradient, whichever is larger), at most MAX_BANDS of them, and sums the
 # bands' products. Each of a band's 16 transforms reads the whole band, which then comes from
 # the caches (32 MiB of L3 on the Zen 4 CPU) rather than from memory. On that CPU the
-# course-notes FCN-8s train step ran 1.5-3% faster at 384x512 and 512x512, the reference's
-# 2% at 384x512, with the same temporaries; conv1_2's kernel gradient alone (384x512, 64
-# channels) 155-160 -> 114-142 ms in 8 to 16 bands. The cost: each band adds 16 products and
-# 32 transforms to compile (the course-notes train step at 512x512: 13 -> 20 s). Small maps
-# (the tests') run in one band, as before (docs/benchmarks.md).
+# course-notes FCN-8s train step ran 2-4% faster at 384x512 and 512x512, the reference's 2%
+# at 384x512, with the same temporaries; conv1_2's kernel gradient alone (384x512, 64
+# channels) 155-160 -> 114-142 ms in 8 to 16 bands. The bands are the steps of a loop, so
+# their code is compiled once: unrolled, the course-notes step took 13 -> 20 s to compile
+# and its resident set grew by 0.12 GiB of code (docs/benchmarks.md). Small maps (the
+# tests') run in one band.
 BAND_BYTES = 6 * 2**20
 MAX_BANDS = 8
 
@@ -248,30 +249,25 @@ def correlate(
     return y[:, :out_h, :out_w].astype(x.dtype)
 
 
-def _bands(rows: int, nbytes: int) -> list[tuple[int, int]]:
-    """Tile rows [start, stop) of the kernel gradient's bands (`BAND_BYTES`)."""
-    count = max(1, min(rows, MAX_BANDS, round(nbytes / BAND_BYTES)))
-    bounds = [round(i * rows / count) for i in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def _band_count(rows: int, nbytes: int) -> int:
+    """How many bands the kernel gradient of `rows` tile rows and `nbytes` runs in."""
+    return max(1, min(rows, MAX_BANDS, round(nbytes / BAND_BYTES)))
 
 
 def _band_grads(
-    padded: jax.Array, grad: jax.Array, rows: tuple[int, int], cols: int, precision: Any
+    x: jax.Array, grad: jax.Array, rows: int, cols: int, precision: Any
 ) -> tuple[list[jax.Array], jax.Array]:
-    """The 16 entries of dU (flat at 4a + b) and the bias gradient of tile rows `rows` alone.
+    """The 16 entries of dU (flat at 4a + b) and the bias gradient of `rows` tile rows.
 
     Args:
-      padded: the input padded to what the tiles cover (`_pad_to_tiles`).
-      grad: the output gradient padded to whole 2x2 tiles.
-      rows: the band's first and past-the-last tile row.
+      x: the input of those tile rows, padded to what the tiles cover (`_pad_to_tiles`).
+      grad: their output gradient, padded to whole 2x2 tiles.
+      rows: the number of tile rows.
       cols: the number of tiles across.
       precision: as `lax.dot_general`'s.
     """
-    start, stop = rows
-    x = padded[:, TILE * start : TILE * stop + TILE]
-    tiles = _tile_transforms(x, INPUT_TRANSFORM, stop - start, cols)
-    grad = grad[:, TILE * start : TILE * stop]
-    grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, stop - start, cols)
+    tiles = _tile_transforms(x, INPUT_TRANSFORM, rows, cols)
+    grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
     du = _products(tiles, grad_tiles, precision, transpose_lhs=True)
     tile_sums = grad_tiles[TILE_SUM].reshape(-1, grad.shape[-1])
     # As a product with ones: XLA's CPU backend sums a matrix's columns several times slower.
@@ -288,21 +284,33 @@ def _kernel_and_bias_grads(
     Y = A^T [U * V] A per tile is linear in U = G g G^T, so dU sums V * (A dY A^T) over the
     tiles (one product per entry) and dg = G^T dU G. The bias gradient sums dY; row 1 of A
     is (1, 1), so entry (1, 1) of A dY A^T is each tile's sum of dY, and summing that entry
-    over the tiles reads a quarter of what summing dY would. Both are summed over bands of
-    tile rows (`BAND_BYTES`).
+    over the tiles reads a quarter of what summing dY would. Both are summed over equal
+    bands of tile rows (`BAND_BYTES`), one loop step each, so one band's code is compiled;
+    the rows that round the bands up have a zero output gradient and add nothing.
     """
     out_h, out_w = grad.shape[1:3]
     rows, cols = _tiles(out_h, out_w)
-    padded = _pad_to_tiles(x, padding, rows, cols)
-    # The output gradient's 2x2 tiles do not overlap: it is padded only where a side is odd
-    # (a copy of a whole map, otherwise, at the step's peak).
-    grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), rows, cols, taps=TILE)
     nbytes = max(x.size * x.dtype.itemsize, grad.size * grad.dtype.itemsize)
-    du, dbias = None, None
-    for band in _bands(rows, nbytes):
-        band_du, band_dbias = _band_grads(padded, grad, band, cols, precision)
-        du = band_du if du is None else [a + b for a, b in zip(du, band_du, strict=True)]
-        dbias = band_dbias if dbias is None else dbias + band_dbias
+    band_rows = -(-rows // _band_count(rows, nbytes))
+    bands = -(-rows // band_rows)
+    x = _pad_to_tiles(x, padding, bands * band_rows, cols)
+    # The output gradient's 2x2 tiles do not overlap: it is padded only where a side is odd
+    # or the bands need more rows (a copy of a whole map, otherwise, at the step's peak).
+    grad = _pad_to_tiles(grad, ((0, 0), (0, 0)), bands * band_rows, cols, taps=TILE)
+    if bands == 1:
+        du, dbias = _band_grads(x, grad, rows, cols, precision)
+    else:
+
+        def add_band(sums, first_row):
+            band_x = jax.lax.dynamic_slice_in_dim(x, TILE * first_row, TILE * (band_rows + 1), 1)
+            band_grad = jax.lax.dynamic_slice_in_dim(grad, TILE * first_row, TILE * band_rows, 1)
+            band = _band_grads(band_x, band_grad, band_rows, cols, precision)
+            return jax.tree.map(jnp.add, sums, band), None
+
+        c_in, c_out = x.shape[-1], grad.shape[-1]
+        entries = [jnp.zeros((c_in, c_out), jnp.float32)] * len(INPUT_TRANSFORM) ** 2
+        zeros = (entries, jnp.zeros(c_out, jnp.float32))
+        (du, dbias), _ = jax.lax.scan(add_band, zeros, jnp.arange(bands) * band_rows)
     dg = _sandwich(KERNEL_TRANSFORM.T, _as_grid(du))
     return jnp.stack([jnp.stack(row) for row in dg]), dbias
 
