@@ -61,16 +61,18 @@ MIN_INPUT_GRAD_CHANNELS = 256
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-# The kernel gradient runs in bands of tile rows, each with about this many bytes of input
-# (or of output gradient, whichever is larger), at most MAX_BANDS of them, and sums the
-# bands' products. Each of a band's 16 transforms reads the whole band, which then comes from
-# the caches (32 MiB of L3 on the Zen 4 CPU) rather than from memory. On that CPU the
-# course-notes FCN-8s train step ran 2-4% faster at 384x512 and 512x512, the reference's 2%
-# at 384x512, with the same temporaries; conv1_2's kernel gradient alone (384x512, 64
-# channels) 155-160 -> 114-142 ms in 8 to 16 bands. The bands are the steps of a loop, so
-# their code is compiled once: unrolled, the course-notes step took 13 -> 20 s to compile
-# and its resident set grew by 0.12 GiB of code (docs/benchmarks.md). Small maps (the
-# tests') run in one band.
+# Winograd's forward passes, input gradients and kernel gradients run in bands of tile rows,
+# each with about this many bytes of input (for the kernel gradient: of input or output
+# gradient, whichever is larger), at most MAX_BANDS of them. Each of a band's 16 transforms
+# reads the whole band, which then comes from the caches (32 MiB of L3 on the Zen 4 CPU)
+# rather than from memory. On that CPU, kernel gradients in bands made the course-notes
+# FCN-8s train step 2-4% faster at 384x512 and 512x512 and the reference's 2% at 384x512
+# (conv1_2's kernel gradient alone, 384x512 with 64 channels: 155-160 -> 114-142 ms in 8 to
+# 16 bands); forward passes and input gradients in bands another 3% in the course-notes train
+# and eval steps at 384x512 (conv2_2's forward pass alone 85 -> 71 ms in 4 bands); the
+# temporaries within 4 MiB. The bands are the steps of a loop, so their code is compiled once:
+# unrolled, the course-notes train step took 13 -> 20 s to compile and its resident set grew
+# by 0.12 GiB of code (docs/benchmarks.md). Small maps (the tests') run in one band.
 BAND_BYTES = 6 * 2**20
 MAX_BANDS = 8
 
@@ -237,6 +239,9 @@ def correlate(
         channels swapped, `kernel[::-1, ::-1].transpose(0, 1, 3, 2)`, as the input gradient
         does; computed from the kernel's own transform (`_transformed_kernel`).
 
+    A large `x` runs in bands of tile rows (`BAND_BYTES`), the steps of one loop, each
+    writing its rows of the output.
+
     Returns:
       (N, H + top + bottom - 2, W + left + right - 2, C_out) in x's dtype.
     """
@@ -244,14 +249,32 @@ def correlate(
     out_h = x.shape[1] + top + bottom - (KERNEL - 1)
     out_w = x.shape[2] + left + right - (KERNEL - 1)
     rows, cols = _tiles(out_h, out_w)
-    padded = _pad_to_tiles(x, padding, rows, cols)
-    y = _outputs(padded, _transformed_kernel(kernel, x.dtype, turned), rows, cols, precision)
+    band_rows, bands = _bands(rows, x.size * x.dtype.itemsize)
+    padded = _pad_to_tiles(x, padding, bands * band_rows, cols)
+    u = _transformed_kernel(kernel, x.dtype, turned)
+    if bands == 1:
+        y = _outputs(padded, u, rows, cols, precision)
+    else:
+
+        def add_band(y, first_row):
+            band = jax.lax.dynamic_slice_in_dim(padded, TILE * first_row, TILE * (band_rows + 1), 1)
+            band_y = _outputs(band, u, band_rows, cols, precision)
+            return jax.lax.dynamic_update_slice_in_dim(y, band_y, TILE * first_row, 1), None
+
+        shape = (x.shape[0], TILE * bands * band_rows, TILE * cols, u[0].shape[-1])
+        y, _ = jax.lax.scan(add_band, jnp.zeros(shape, jnp.float32), jnp.arange(bands) * band_rows)
     return y[:, :out_h, :out_w].astype(x.dtype)
 
 
-def _band_count(rows: int, nbytes: int) -> int:
-    """How many bands the kernel gradient of `rows` tile rows and `nbytes` runs in."""
-    return max(1, min(rows, MAX_BANDS, round(nbytes / BAND_BYTES)))
+def _bands(rows: int, nbytes: int) -> tuple[int, int]:
+    """(tile rows per band, bands) for `rows` tile rows over an input of `nbytes` bytes.
+
+    Equal bands, about `BAND_BYTES` each and at most `MAX_BANDS`; the last may reach past
+    `rows` (callers pad those rows with zeros).
+    """
+    count = max(1, min(rows, MAX_BANDS, round(nbytes / BAND_BYTES)))
+    band_rows = -(-rows // count)
+    return band_rows, -(-rows // band_rows)
 
 
 def _band_grads(
@@ -291,8 +314,7 @@ def _kernel_and_bias_grads(
     out_h, out_w = grad.shape[1:3]
     rows, cols = _tiles(out_h, out_w)
     nbytes = max(x.size * x.dtype.itemsize, grad.size * grad.dtype.itemsize)
-    band_rows = -(-rows // _band_count(rows, nbytes))
-    bands = -(-rows // band_rows)
+    band_rows, bands = _bands(rows, nbytes)
     x = _pad_to_tiles(x, padding, bands * band_rows, cols)
     # The output gradient's 2x2 tiles do not overlap: it is padded only where a side is odd
     # or the bands need more rows (a copy of a whole map, otherwise, at the step's peak).

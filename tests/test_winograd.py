@@ -55,24 +55,28 @@ def test_winograd_conv_equals_flax_conv(shape, features, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
-# 13 x 9 outputs: 7 tile rows, the last half outside the map, in 2 bands of 4 or 3 of 3 (the
-# rows past the 7th with a zero output gradient). Bands this small make a small map run in
-# several, as large maps do at BAND_BYTES.
+# 13 x 9 outputs: 7 tile rows, the last half outside the map, in 2 bands of 4 or 3 of 3 for
+# the forward pass, 4 bands of 2 for the gradients (whose inputs have twice the bytes); the
+# rows past the 7th are zeros. Bands this small make a small map run in several, as large
+# maps do at BAND_BYTES. Every part is Winograd's here (DEEP in, DEEP_GRAD out).
 @pytest.mark.parametrize("bands", [2, 3])
-def test_kernel_gradient_in_bands_equals_flax_conv(monkeypatch, bands):
-    x = jax.random.normal(jax.random.key(0), (2, 13, 9, 4))
+def test_winograd_conv_in_bands_equals_flax_conv(monkeypatch, bands):
+    x = jax.random.normal(jax.random.key(0), (1, 13, 9, DEEP))
     monkeypatch.setattr(winograd, "BAND_BYTES", x.nbytes // bands)
-    assert winograd._band_count(7, x.nbytes) == bands
+    assert winograd._bands(7, x.nbytes) == (-(-7 // bands), bands)
+    assert winograd._bands(7, 2 * x.nbytes) == (2, 4)
     plain, fast = (
-        conv(features=4, kernel_size=(3, 3)) for conv in (nn.Conv, winograd.WinogradConv)
+        conv(features=DEEP_GRAD, kernel_size=(3, 3)) for conv in (nn.Conv, winograd.WinogradConv)
     )
     variables = plain.init(jax.random.key(1), x)
-    g = jax.random.normal(jax.random.key(2), x.shape)
-    want = _values_and_grads(plain, variables, x, g)[1][0]["params"]
-    got = _values_and_grads(fast, variables, x, g)[1][0]["params"]
-    for name in ("kernel", "bias"):
-        scale = float(jnp.abs(want[name]).max())
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * scale)
+    variables = {"params": {**variables["params"], "bias": jnp.arange(DEEP_GRAD) / 100}}
+    g = jax.random.normal(jax.random.key(2), (*x.shape[:3], DEEP_GRAD))
+    want, want_grads = _values_and_grads(plain, variables, x, g)
+    got, got_grads = _values_and_grads(fast, variables, x, g)
+    for values in (got, fast.apply(variables, x)):  # differentiated, and not
+        np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
 def test_correlate_turned_equals_correlate_with_the_turned_kernel():
