@@ -16,7 +16,8 @@ direct convolution). The backward pass is Winograd too: the kernel gradient sums
 (B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
 forward algorithm run on the output gradient with the kernel turned 180 degrees. Shallow
 correlations (`MIN_CHANNELS`, `MIN_INPUT_GRAD_CHANNELS`) run XLA's convolution instead (the
-kernel gradient never does).
+kernel gradient never does). Large maps run in bands of tile rows, a few MiB each
+(`BAND_BYTES`), so that each band's transforms read it from the caches.
 
 `WinogradConv` is `nn.Conv` for the FCN's 3x3 stride-1 layers computed this way; its backward
 also computes the kernel and bias gradients before the input gradient, as
