@@ -258,13 +258,18 @@ def correlate(
     else:
 
         def add_band(y, first_row):
-            band = jax.lax.dynamic_slice_in_dim(padded, TILE * first_row, TILE * (band_rows + 1), 1)
+            band = _tile_rows(padded, first_row, band_rows + 1)  # 4x4 tiles overlap by 2 rows
             band_y = _outputs(band, u, band_rows, cols, precision)
             return jax.lax.dynamic_update_slice_in_dim(y, band_y, TILE * first_row, 1), None
 
         shape = (x.shape[0], TILE * bands * band_rows, TILE * cols, u[0].shape[-1])
         y, _ = jax.lax.scan(add_band, jnp.zeros(shape, jnp.float32), jnp.arange(bands) * band_rows)
     return y[:, :out_h, :out_w].astype(x.dtype)
+
+
+def _tile_rows(x: jax.Array, first: jax.Array, count: int) -> jax.Array:
+    """The map rows of `count` tile rows of `x` from tile row `first` (traced), 2 per tile row."""
+    return jax.lax.dynamic_slice_in_dim(x, TILE * first, TILE * count, axis=1)
 
 
 def _bands(rows: int, nbytes: int) -> tuple[int, int]:
@@ -325,8 +330,8 @@ def _kernel_and_bias_grads(
     else:
 
         def add_band(sums, first_row):
-            band_x = jax.lax.dynamic_slice_in_dim(x, TILE * first_row, TILE * (band_rows + 1), 1)
-            band_grad = jax.lax.dynamic_slice_in_dim(grad, TILE * first_row, TILE * band_rows, 1)
+            band_x = _tile_rows(x, first_row, band_rows + 1)  # 4x4 tiles overlap by 2 rows
+            band_grad = _tile_rows(grad, first_row, band_rows)
             band = _band_grads(band_x, band_grad, band_rows, cols, precision)
             return jax.tree.map(jnp.add, sums, band), None
 
