@@ -16,8 +16,9 @@ apply to it. `winograd=True` counts what fcn-jax executes with the `winograd` fa
 direct convolution multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are
 not counted). Those are every kernel gradient, the input gradients whose output gradient
 has at least `fcn_jax.winograd.MIN_INPUT_GRAD_CHANNELS` channels and the forward passes
-whose input has at least `fcn_jax.winograd.MIN_CHANNELS` (in the reference geometry only
-where nothing is differentiated: inference, not the train step).
+whose input has at least `fcn_jax.winograd.MIN_CHANNELS` (`MIN_CHANNELS_UNDER_GRAD` in a
+train step; in the reference geometry only where nothing is differentiated: inference, not
+the train step).
 """
 
 import math
@@ -27,7 +28,7 @@ import numpy as np
 
 from fcn_jax import frame, models
 from fcn_jax.models import reference, simple
-from fcn_jax.winograd import MIN_CHANNELS, MIN_INPUT_GRAD_CHANNELS
+from fcn_jax.winograd import MIN_CHANNELS, MIN_CHANNELS_UNDER_GRAD, MIN_INPUT_GRAD_CHANNELS
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -85,7 +86,8 @@ def _winograd(flops: int, deep_enough: bool = True) -> int:
     """A direct convolution's `flops` as Winograd counts them, where it runs Winograd.
 
     Kernel gradients always do; forward passes and input gradients where their correlation's
-    input is `deep_enough` (`MIN_CHANNELS`, `MIN_INPUT_GRAD_CHANNELS`).
+    input is `deep_enough` (`MIN_CHANNELS` or `MIN_CHANNELS_UNDER_GRAD`,
+    `MIN_INPUT_GRAD_CHANNELS`).
     """
     return flops * 16 // 36 if deep_enough else flops
 
@@ -141,11 +143,13 @@ def layer_flops(
     framed: bool = False,
     geometry: str = "reference",
     winograd: bool = False,
+    differentiated: bool = False,
 ) -> dict[str, int]:
     """Returns the forward FLOPs of each layer of model `name` for one `height` x `width` image.
 
     `framed` applies to the reference geometry only, `winograd` (the module docstring) to
-    the forward passes; the simple geometry has no at-once variant.
+    the forward passes, as in a train step if `differentiated`; the simple geometry has no
+    at-once variant.
     """
     if geometry == "simple":
         flops, pools = _vgg_flops(_simple_block_sizes(height, width))
@@ -154,8 +158,9 @@ def layer_flops(
         flops, pools = _vgg_flops(_block_sizes(height, width, framed))
         fc, fc_kernel = (pools[5][0] - 6, pools[5][1] - 6), 7  # fc6: a 7x7 VALID convolution
     if winograd:
+        min_channels = MIN_CHANNELS_UNDER_GRAD if differentiated else MIN_CHANNELS
         for layer, (c_in, _) in _winograd_layers().items():
-            flops[layer] = _winograd(flops[layer], c_in >= MIN_CHANNELS)
+            flops[layer] = _winograd(flops[layer], c_in >= min_channels)
     flops["fc6"] = _conv(*fc, 512, models.FC_CHANNELS, fc_kernel)
     flops["fc7"] = _conv(*fc, models.FC_CHANNELS, models.FC_CHANNELS, 1)
     flops["score_fr"] = _conv(*fc, models.FC_CHANNELS, num_classes, 1)
@@ -192,7 +197,9 @@ def train_flops(
     direct = layer_flops(name, height, width, num_classes, **options)
     # Differentiated, the reference geometry's forward passes are XLA's (its max-pooling ties).
     winograd_forward = winograd and options.get("geometry") == "simple"
-    total = forward_flops(name, height, width, num_classes, winograd=winograd_forward, **options)
+    total = forward_flops(
+        name, height, width, num_classes, winograd=winograd_forward, differentiated=True, **options
+    )
     if recompute_conv1_1:
         total += direct["conv1_1"]
     for layer, flops in direct.items():

@@ -15,9 +15,9 @@ element-wise sums (their coefficients are 0, +-1 and 1/2, so the rounding is tha
 direct convolution). The backward pass is Winograd too: the kernel gradient sums
 (B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
 forward algorithm run on the output gradient with the kernel turned 180 degrees. Shallow
-correlations (`MIN_CHANNELS`, `MIN_INPUT_GRAD_CHANNELS`) run XLA's convolution instead (the
-kernel gradient never does). Large maps run in bands of tile rows, a few MiB each
-(`BAND_BYTES`), so that each band's transforms read it from the caches.
+correlations (`MIN_CHANNELS`, `MIN_CHANNELS_UNDER_GRAD`, `MIN_INPUT_GRAD_CHANNELS`) run
+XLA's convolution instead (the kernel gradient never does). Large maps run in bands of tile
+rows, a few MiB each (`BAND_BYTES`), so that each band's transforms read it from the caches.
 
 `WinogradConv` is `nn.Conv` for the FCN's 3x3 stride-1 layers computed this way; its backward
 also computes the kernel and bias gradients before the input gradient, as
@@ -26,6 +26,7 @@ against XLA's convolution; where it wins: docs/cpu_speed.md.
 """
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -43,15 +44,23 @@ OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # A^T
 # The entry of A dY A^T, flattened (a * 4 + b), that sums its 2x2 tile of dY: A's row 1 is
 # (1, 1).
 TILE_SUM = 1 * 4 + 1
-# A forward pass whose input has fewer channels runs XLA's convolution instead: conv1_2's and
-# conv2_1's. Products 64 deep won little there (on a Zen 4 CPU, conv1_2's shape, 384x512 with
-# 64 channels in and out: 85-92 ms Winograd against 83-84 ms XLA; conv2_1's, 192x256 with 64
-# in and 128 out: 30 against 35 ms), while their 16 products, together four times the
-# output, are large at the full size: conv1_2's forward pass and input gradient as Winograd
-# grew the train step's temporaries at 384x512 from 200 to 321 MiB. From 128
-# channels Winograd wins on that CPU (conv2_2's shape, 192x256 with 128 in and out: 54-57
-# against 72-73 ms; conv3_1's, 96x128 with 128 in and 256 out: 23-24 against 35 ms).
+# A forward pass that is not differentiated (inference), whose input has fewer channels, runs
+# XLA's convolution instead: conv1_2's and conv2_1's. Products 64 deep won little there (on a
+# Zen 4 CPU, conv1_2's shape, 384x512 with 64 channels in and out: 85-92 ms Winograd against
+# 83-84 ms XLA; conv2_1's, 192x256 with 64 in and 128 out: 30 against 35 ms), while their 16
+# products, together four times the output, are large at the full size: conv1_2's forward
+# pass and input gradient as Winograd grew the train step's temporaries at 384x512 from 200
+# to 321 MiB (before the bands). From 128 channels Winograd wins on that CPU (conv2_2's shape,
+# 192x256 with 128 in and out: 54-57 against 72-73 ms; conv3_1's, 96x128 with 128 in and 256
+# out: 23-24 against 35 ms).
 MIN_CHANNELS = 128
+# A differentiated forward pass (training) is Winograd's from 64 channels. In bands
+# (`BAND_BYTES`) its products no longer grow the train step's peak, which is in the backward
+# pass (temporaries at 384x512: 200.6 -> 202.8 MiB, 512x512: 261.6 both), and conv1_2's and
+# conv2_1's forward passes as Winograd made the course-notes train step about 2% faster on
+# the Zen 4 CPU (docs/benchmarks.md). In inference the forward pass is the peak, and there the
+# bands' products would add 26-34 MiB to the course-notes eval step at 384x512 and 512x512.
+MIN_CHANNELS_UNDER_GRAD = 64
 # The input gradient, whose products are alive at the train step's peak, is Winograd's from
 # 256 channels of output gradient: conv2_1's and conv2_2's (128 channels) as Winograd made the
 # step no faster on that CPU and its temporaries 20 MiB (384x512) to 27 MiB (512x512) larger;
@@ -348,15 +357,11 @@ def _correlate_or_xla(
     kernel: jax.Array,
     padding: Padding,
     precision: Any,
-    winograd: bool,
+    min_channels: float,
     turned: bool = False,
 ) -> jax.Array:
-    """`correlate`, or XLA's convolution if not `winograd` or `x` is too shallow.
-
-    Too shallow: under MIN_CHANNELS channels, or MIN_INPUT_GRAD_CHANNELS for the input
-    gradient (`turned`).
-    """
-    if winograd and x.shape[-1] >= (MIN_INPUT_GRAD_CHANNELS if turned else MIN_CHANNELS):
+    """`correlate`, or XLA's convolution where `x` has fewer than `min_channels` channels."""
+    if x.shape[-1] >= min_channels:
         return correlate(x, kernel, padding, precision, turned)
     if turned:
         kernel = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
@@ -374,10 +379,11 @@ def winograd_conv_bias(
 ) -> jax.Array:
     """`correlate(x, kernel, padding) + bias` with a Winograd backward in a fixed order.
 
-    The forward pass is Winograd's where its input has at least `MIN_CHANNELS` channels, the
-    input gradient where the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and
-    XLA's convolution computes them elsewhere (the same values up to float rounding); the
-    kernel gradient is always Winograd's. With `xla_forward_under_grad`, the forward pass of
+    The forward pass is Winograd's where its input has at least `MIN_CHANNELS` channels
+    (`MIN_CHANNELS_UNDER_GRAD` where the call is differentiated), the input gradient where
+    the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and XLA's convolution
+    computes them elsewhere (the same values up to float rounding); the kernel gradient is
+    always Winograd's. With `xla_forward_under_grad`, the forward pass of
     a call that is differentiated (`jax.grad`, `jax.vjp`: the custom VJP's forward rule) is
     always XLA's, so the values whose ties route the gradients (max pooling's) are exactly
     XLA's; a call that is not differentiated, such as inference, stays Winograd's, since
@@ -395,12 +401,13 @@ def winograd_conv_bias(
       precision: as `lax.dot_general`'s.
       xla_forward_under_grad: whether a differentiated call's forward pass is XLA's.
     """
-    y = _correlate_or_xla(x, kernel, padding, precision, winograd=True)
+    y = _correlate_or_xla(x, kernel, padding, precision, MIN_CHANNELS)
     return y + bias.astype(x.dtype)
 
 
 def _fwd(x, kernel, bias, padding, precision, xla_forward_under_grad):
-    y = _correlate_or_xla(x, kernel, padding, precision, winograd=not xla_forward_under_grad)
+    min_channels = math.inf if xla_forward_under_grad else MIN_CHANNELS_UNDER_GRAD
+    y = _correlate_or_xla(x, kernel, padding, precision, min_channels)
     y = y + bias.astype(x.dtype)
     return y, (x, kernel, bias)
 
@@ -422,7 +429,7 @@ def _bwd(padding, precision, xla_forward_under_grad, residuals, grad):
     kernel = after(kernel, dkernel[0, 0, 0, 0] + dbias[0]).astype(x.dtype)
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
-    dx = _correlate_or_xla(grad, kernel, full, precision, winograd=True, turned=True)
+    dx = _correlate_or_xla(grad, kernel, full, precision, MIN_INPUT_GRAD_CHANNELS, turned=True)
     return dx, dkernel, dbias
 
 

@@ -60,6 +60,14 @@ def test_simple_geometry_counts_agree_with_xla_and_are_under_half_the_reference(
     forward = logits_sum.lower(variables, image).cost_analysis()["flops"]
     expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple", winograd=True)
     assert model.fast.winograd and forward == pytest.approx(expected, rel=0.05)
+    # Differentiated, its forward passes are Winograd's from fewer channels than in inference.
+    train = jax.jit(jax.grad(lambda v, x: model.apply(v, x, train=False).sum()))
+    expected = flops.train_flops(
+        "fcn8s", 256, 384, geometry="simple", winograd=True, recompute_conv1_1=True
+    )
+    assert train.lower(variables, image).cost_analysis()["flops"] == pytest.approx(
+        expected, rel=0.03
+    )
     plain = jax.jit(lambda v, x: model.clone(fast=FastPaths()).apply(v, x).sum())
     expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple")
     assert plain.lower(variables, image).cost_analysis()["flops"] == pytest.approx(

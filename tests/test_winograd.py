@@ -117,6 +117,22 @@ def test_winograd_conv_can_keep_xla_forward_values_exactly_where_differentiated(
     assert _grad_flops(fast, x) < 0.75 * _grad_flops(plain, x)
 
 
+def test_winograd_forward_pass_from_fewer_channels_where_differentiated():
+    # Between MIN_CHANNELS_UNDER_GRAD and MIN_CHANNELS input channels, a training forward pass
+    # is Winograd's (close to XLA's values, not equal), an inference one exactly XLA's.
+    channels = winograd.MIN_CHANNELS_UNDER_GRAD
+    assert channels < winograd.MIN_CHANNELS
+    x = jax.random.normal(jax.random.key(0), (1, 6, 8, channels))
+    plain = nn.Conv(6, (3, 3), padding=1)
+    fast = winograd.WinogradConv(6, (3, 3), padding=1)
+    variables = plain.init(jax.random.key(1), x)
+    want = plain.apply(variables, x)
+    np.testing.assert_array_equal(fast.apply(variables, x), want)
+    trained, _ = jax.vjp(fast.apply, variables, x)
+    assert not np.array_equal(trained, want)
+    np.testing.assert_allclose(trained, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def test_winograd_conv_in_bfloat16_stays_close_to_float32():
     x = jax.random.normal(jax.random.key(0), (1, 12, 10, 8))
     plain = nn.Conv(8, (3, 3), padding=1)
