@@ -183,6 +183,13 @@ def _matmul_grads_fwd(x, kernel, padding, precision):
     return conv_nhwc(x, kernel, padding, precision), (x, kernel)
 
 
+# conv_with_matmul_grads builds a kernel gradient's patches channel-major for inputs up to
+# this many channels (conv1_1's 3): one row per tap and channel. conv1_1's kernel gradient
+# alone at 384x512 took 38 ms with pixel-major patches, 16.5 ms with channel-major ones (Zen 4,
+# docs/benchmarks.md); fc6's and fc7's 512 and 4096 channels would make as many rows.
+MAX_CHANNEL_MAJOR_PATCHES = 4
+
+
 def _matmul_grads_bwd(padding, precision, residuals, grad):
     x, kernel = residuals
     kh, kw, c_in, c_out = kernel.shape
@@ -193,14 +200,25 @@ def _matmul_grads_bwd(padding, precision, residuals, grad):
     # image). A product with zero ties them to the gradient (as in ConvWithOrderedGrads).
     x = after(x, grad[0, 0, 0, 0])
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
-    patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
     # Both products and the col2im sum accumulate in float32 and are cast once at the end, so
     # that a bfloat16 gradient is as accurate as XLA's own (fc6 sums 49 slabs per pixel).
     f32 = jnp.float32
-    dkernel = jnp.einsum(
-        "nhwti,nhwo->tio", patches, grad, precision=precision, preferred_element_type=f32
-    )
+    if c_in <= MAX_CHANNEL_MAJOR_PATCHES:
+        # Kernel gradient: patches @ output_grad, patches (kh * kw * C_in, N, out_h, out_w),
+        # one row of pixels per tap and channel, built in one pass in the layout the product
+        # reads; pixel-major, XLA's CPU backend stacks them and then transposes them.
+        patches = jnp.stack(
+            [padded[:, i : i + out_h, j : j + out_w, c] for i, j in taps for c in range(c_in)]
+        )
+        dkernel = jnp.einsum(
+            "knhw,nhwo->ko", patches, grad, precision=precision, preferred_element_type=f32
+        )
+    else:
+        # Kernel gradient: patches^T @ output_grad, patches (N, out_h, out_w, kh * kw, C_in).
+        patches = jnp.stack([padded[:, i : i + out_h, j : j + out_w] for i, j in taps], axis=3)
+        dkernel = jnp.einsum(
+            "nhwti,nhwo->tio", patches, grad, precision=precision, preferred_element_type=f32
+        )
     # Input gradient: kernel @ output_grad^T gives every tap's contribution, summed back into
     # place (col2im). Written with the kernel first, XLA reads it in its stored layout; the
     # other way round it transposes fc6's 411 MB kernel every step. XLA drops this branch

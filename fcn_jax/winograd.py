@@ -55,11 +55,12 @@ TILE_SUM = 1 * 4 + 1
 # out: 23-24 against 35 ms).
 MIN_CHANNELS = 128
 # A differentiated forward pass (training) is Winograd's from 64 channels. In bands
-# (`BAND_BYTES`) its products no longer grow the train step's peak, which is in the backward
-# pass (temporaries at 384x512: 200.6 -> 202.8 MiB, 512x512: 261.6 both), and conv1_2's and
-# conv2_1's forward passes as Winograd made the course-notes train step about 2% faster on
-# the Zen 4 CPU (docs/benchmarks.md). In inference the forward pass is the peak, and there the
-# bands' products would add 26-34 MiB to the course-notes eval step at 384x512 and 512x512.
+# (`BAND_BYTES`) its products do not grow the train step's peak, which is in the backward
+# pass (temporaries unchanged: 200.6 MiB at 384x512, 261.6 at 512x512), and conv2_1's
+# forward pass as Winograd made the course-notes train step about 2% faster on the Zen 4 CPU
+# (docs/benchmarks.md; its conv1_2 runs in block 1's recomputed forward pass, which is not
+# differentiated). In inference the forward pass is the peak, and there the bands' products
+# would add 26-34 MiB to the course-notes eval step at 384x512 and 512x512.
 MIN_CHANNELS_UNDER_GRAD = 64
 # The input gradient, whose products are alive at the train step's peak, is Winograd's from
 # 256 channels of output gradient: conv2_1's and conv2_2's (128 channels) as Winograd made the
