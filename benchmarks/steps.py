@@ -300,10 +300,6 @@ def worker(args: argparse.Namespace) -> None:
         run()  # warm-up
         info["first_step_s"] = time.perf_counter() - start
         info.update(_device_info(args.dtype))
-        # As fcn_jax.train does after its first step: the compiler's freed heap goes back.
-        from fcn_jax import host_memory
-
-        host_memory.release_free_heap()
     else:
         run = _torch_runner(args)
         start = time.perf_counter()

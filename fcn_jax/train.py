@@ -29,7 +29,6 @@ from fcn_jax import (
     class_info,
     config_checks,
     evaluation,
-    host_memory,
     input_pipeline,
     models,
     optim,
@@ -309,7 +308,6 @@ class Trainer:
             num_train_steps=config.num_train_steps, writer=self.writer
         )
         scores, self._window = {}, (step, time.perf_counter())
-        first_step = step + 1
         try:
             with sigterm_flag() as sigterm:
                 while step < config.num_train_steps:
@@ -317,8 +315,6 @@ class Trainer:
                     with jax.transfer_guard("disallow"):
                         for k in range(step + 1, stop + 1):
                             self.advance(next(batches))
-                            if k == first_step:  # compiled by now: free its compiler's heap
-                                host_memory.release_free_heap()
                             report(k)
                     step = stop
                     scores = self._sync(step, sigterm) or scores
