@@ -384,11 +384,11 @@ def winograd_conv_bias(
     (`MIN_CHANNELS_UNDER_GRAD` where the call is differentiated), the input gradient where
     the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and XLA's convolution
     computes them elsewhere (the same values up to float rounding); the kernel gradient is
-    always Winograd's. With `xla_forward_under_grad`, the forward pass of
-    a call that is differentiated (`jax.grad`, `jax.vjp`: the custom VJP's forward rule) is
-    always XLA's, so the values whose ties route the gradients (max pooling's) are exactly
-    XLA's; a call that is not differentiated, such as inference, stays Winograd's, since
-    without gradients a tie decides nothing that rounding does not.
+    always Winograd's. With `xla_forward_under_grad`, the forward pass of a call that is
+    differentiated (`jax.grad`, `jax.vjp`: the custom VJP's forward rule) is always XLA's, so
+    the values whose ties route the gradients (max pooling's) are exactly XLA's; a call that
+    is not differentiated, such as inference, stays Winograd's, since without gradients a
+    tie decides nothing that rounding does not.
 
     The backward computes the kernel and bias gradients first and makes the input gradient
     depend on them (the product with zero of `fcn_jax.layers.conv_bias_with_ordered_grads`),
