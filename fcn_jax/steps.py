@@ -83,7 +83,10 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         params=params,
         frozen=frozen,
-        opt_state=tx.init(params),
+        # One compiled computation. Run eagerly, optax's init dispatches an operation per
+        # parameter, each compiled and cached by JAX for the life of the process: the
+        # course-notes FCN-8s train step peaked 0.02-0.04 GiB higher (docs/benchmarks.md).
+        opt_state=jax.jit(tx.init)(params),
         rng=rng,
     )
     return state, tx
