@@ -61,9 +61,9 @@ _TRICKS = (
         "matmul_grads",
         _CPU,
         "The gradients of conv1_1, fc6 and fc7 as matrix products "
-        "(fcn_jax.layers.conv_with_matmul_grads) instead of XLA's gradient convolutions, which "
+        "(fcn_jax.layers.MatmulGradsConv) instead of XLA's gradient convolutions, which "
         "are slow on CPU for 3 input channels and transpose fc6's and fc7's large kernels "
-        "every step. "
+        "every step, and its bias-gradient sums, which XLA fuses into the optimiser's update. "
         "On GPU/TPU conv1_1's im2col needs a temporary that native gradients do not.",
     ),
     Trick(

@@ -8,6 +8,8 @@
 * `relu_max_pool_floor`: `relu_max_pool_ceil` for floor rounding (the simple geometry).
 * `ConvWithOrderedGrads`: `nn.Conv` whose backward computes the kernel and bias gradients
   before the input gradient.
+* `MatmulGradsConv`: `nn.Conv` whose three gradients are matrix products
+  (`conv_with_matmul_grads`, `add_bias_with_product_grad`).
 
 Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
 XLA's CPU backend; tests/test_layers.py checks them against those counterparts. Where each
@@ -170,6 +172,39 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision: Any) -
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=precision,
     )
+
+
+def sum_rows(matrix: jax.Array, precision: Any = None) -> jax.Array:
+    """The sum of a (rows, C) matrix's rows in float32, as a product with a vector of ones.
+
+    XLA's CPU backend sums a matrix's columns several times slower than it multiplies.
+    """
+    ones = jnp.ones(matrix.shape[:1], matrix.dtype)
+    return jnp.dot(ones, matrix, precision=precision, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def add_bias_with_product_grad(y: jax.Array, bias: jax.Array, precision: Any = None) -> jax.Array:
+    """`y + bias` over `y`'s last axis, whose bias gradient sums the pixels as a product.
+
+    The plain bias gradient, a sum over the output gradient's pixels, is a reduction that
+    XLA's CPU backend fuses into the optimiser's update of the bias at the end of the train
+    step: it ran several times slower than this product (fc7's took 10 ms at 384x512) and
+    kept the output gradient alive until then (docs/benchmarks.md).
+    """
+    return y + bias
+
+
+def _bias_fwd(y, bias, precision):
+    return y + bias, bias
+
+
+def _bias_bwd(precision, bias, grad):
+    dbias = sum_rows(grad.reshape(-1, grad.shape[-1]), precision)
+    return grad, dbias.astype(bias.dtype)
+
+
+add_bias_with_product_grad.defvjp(_bias_fwd, _bias_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -481,3 +516,20 @@ def recomputed_in_backward(fn: Callable[..., jax.Array]) -> Callable[..., jax.Ar
 
     recomputed.defvjp(forward, backward)
     return recomputed
+
+
+class MatmulGradsConv(ConvWithOrderedGrads):
+    """`nn.Conv` (2-D NHWC, stride 1, with bias) whose gradients are all matrix products.
+
+    The parameters, the values and the accepted settings are `ConvWithOrderedGrads`'s; the
+    backward pass is not ordered. The kernel and input gradients are
+    `conv_with_matmul_grads`'s, the bias gradient a product of the output gradient with ones
+    (`add_bias_with_product_grad`): for conv1_1, fc6 and fc7, whose plain gradients XLA's
+    CPU backend computes slowly (docs/cpu_speed.md).
+    """
+
+    def _conv_bias(
+        self, x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: tuple
+    ) -> jax.Array:
+        y = _conv_matmul_grads(x, kernel, pads, self.precision)
+        return add_bias_with_product_grad(y, bias, self.precision)

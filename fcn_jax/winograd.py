@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.layers import ConvWithOrderedGrads, after, conv_nhwc
+from fcn_jax.layers import ConvWithOrderedGrads, after, conv_nhwc, sum_rows
 
 TILE = 2  # output rows (and columns) of a tile: F(2x2, 3x3)
 KERNEL = 3
@@ -308,10 +308,7 @@ def _band_grads(
     tiles = _tile_transforms(x, INPUT_TRANSFORM, rows, cols)
     grad_tiles = _tile_transforms(grad, OUTPUT_TRANSFORM.T, rows, cols)
     du = _products(tiles, grad_tiles, precision, transpose_lhs=True)
-    tile_sums = grad_tiles[TILE_SUM].reshape(-1, grad.shape[-1])
-    # As a product with ones: XLA's CPU backend sums a matrix's columns several times slower.
-    ones = jnp.ones(tile_sums.shape[:1], tile_sums.dtype)
-    dbias = jnp.dot(ones, tile_sums, precision=precision, preferred_element_type=jnp.float32)
+    dbias = sum_rows(grad_tiles[TILE_SUM].reshape(-1, grad.shape[-1]), precision)
     return du, dbias
 
 

@@ -249,6 +249,31 @@ def test_floor_fused_pool_matches_xla_relu_then_floor_max_pool(shape):
     np.testing.assert_array_equal(fused, jax.vjp(plain, x)[1](g)[0])
 
 
+def _same_conv_values(plain: nn.Conv, custom: nn.Conv, x: jax.Array):
+    """Checks that `custom` makes `plain`'s parameters and values.
+
+    Returns:
+      A function of a module: its (bias, kernel, input) gradients at those parameters (with a
+      nonzero bias) for a fixed random output gradient.
+    """
+    variables = plain.init(jax.random.key(1), x)
+    # The same parameters from the same initialisers; a nonzero bias, not the zero init.
+    np.testing.assert_array_equal(
+        custom.init(jax.random.key(1), x)["params"]["kernel"], variables["params"]["kernel"]
+    )
+    bias = jnp.arange(plain.features, dtype=jnp.float32) - plain.features / 2
+    variables = {"params": {**variables["params"], "bias": bias}}
+    out = custom.apply(variables, x)
+    np.testing.assert_array_equal(out, plain.apply(variables, x))
+    g = jax.random.normal(jax.random.key(2), out.shape)
+
+    def grads(module: nn.Conv) -> list[jax.Array]:
+        y, vjp = jax.vjp(module.apply, variables, x)
+        return jax.tree.leaves(jax.jit(vjp)(g.astype(y.dtype)))
+
+    return grads
+
+
 @pytest.mark.parametrize(
     "padding, dtype",
     [
@@ -262,23 +287,36 @@ def test_ordered_grads_conv_equals_flax_conv(padding, dtype):
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
     options = dict(features=4, kernel_size=(3, 3), padding=padding, dtype=dtype)
     plain, ordered = nn.Conv(**options), layers.ConvWithOrderedGrads(**options)
-    variables = plain.init(jax.random.key(1), x)
-    # The same parameters from the same initialisers; a random bias, not the zero init.
-    np.testing.assert_array_equal(
-        ordered.init(jax.random.key(1), x)["params"]["kernel"], variables["params"]["kernel"]
-    )
-    variables = {"params": {**variables["params"], "bias": jnp.arange(4.0) - 1.5}}
-    out = ordered.apply(variables, x)
-    np.testing.assert_array_equal(out, plain.apply(variables, x))
-    g = jax.random.normal(jax.random.key(2), out.shape).astype(out.dtype)
-
-    def grads(module):
-        return jax.jit(jax.vjp(module.apply, variables, x)[1])(g)
-
-    for got, want in zip(
-        jax.tree.leaves(grads(ordered)), jax.tree.leaves(grads(plain)), strict=True
-    ):
+    grads = _same_conv_values(plain, ordered, x)
+    for got, want in zip(grads(ordered), grads(plain), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, padding, dtype",
+    [
+        ((3, 3), 1, jnp.float32),  # conv1_1-like
+        ((1, 1), 0, jnp.float32),  # fc7-like
+        ((2, 2), ((1, 0), (0, 1)), jnp.float32),
+        ((1, 1), 0, jnp.bfloat16),
+    ],
+)
+def test_matmul_grads_conv_equals_flax_conv(kernel_size, padding, dtype):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    options = dict(features=5, kernel_size=kernel_size, padding=padding)
+    plain = nn.Conv(**options, dtype=dtype)
+    matmul = layers.MatmulGradsConv(**options, dtype=dtype)
+    grads = _same_conv_values(plain, matmul, x)
+    # Products sum in another order than XLA's convolutions and reductions: in float32 the
+    # gradients (bias, kernel, input) agree to rounding; in bfloat16 the bias gradient, the
+    # product with ones, is as close to float32's as XLA's sum is (the other two:
+    # test_matmul_grads_in_bfloat16_are_as_accurate_as_xla).
+    ours, xla, exact = grads(matmul), grads(plain), grads(nn.Conv(**options))
+    if dtype == jnp.float32:
+        for got, want in zip(ours, exact, strict=True):
+            assert _relative_error(got, want) < 1e-5
+    else:
+        assert _relative_error(ours[0], exact[0]) <= 1.05 * _relative_error(xla[0], exact[0])
 
 
 def test_ordered_grads_conv_refuses_other_convolutions():

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from fcn_jax import frame
 from fcn_jax.layers import (
-    conv_with_matmul_grads,
+    MatmulGradsConv,
     crop,
     plain_relu_max_pool_ceil,
     relu_max_pool_ceil,
@@ -69,11 +69,11 @@ class FCN(FCNModel):
             # frame's gradients (conv1_1's kernel gradient by 5% at 37x45,
             # tests/test_fast_paths.py). Inference computes no gradients: Winograd's there.
             return self.backbone_conv(features, padding, name, xla_forward_under_grad=True)
-        return nn.Conv(
+        conv = MatmulGradsConv if use_matmul else nn.Conv
+        return conv(
             features,
             (size, size),
             padding=padding,
-            conv_general_dilated=conv_with_matmul_grads if use_matmul else None,
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name=name,

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from fcn_jax.layers import (
-    conv_with_matmul_grads,
+    MatmulGradsConv,
     plain_relu_max_pool_floor,
     recomputed_in_backward,
     relu_max_pool_floor,
@@ -89,12 +89,10 @@ class SimpleFCN(FCNModel):
         self, features: int, size: int, name: str, matmul_grads: bool = False, **kwargs: Any
     ) -> nn.Conv:
         """A 3x3 (padding 1) or 1x1 convolution; `matmul_grads` marks conv1_1, fc6 and fc7."""
-        if matmul_grads:
-            if self.fast.matmul_grads:
-                kwargs["conv_general_dilated"] = conv_with_matmul_grads
-        elif size == 3:
+        if size == 3 and not matmul_grads:
             return self.backbone_conv(features, 1, name)
-        return nn.Conv(
+        conv = MatmulGradsConv if matmul_grads and self.fast.matmul_grads else nn.Conv
+        return conv(
             features,
             (size, size),
             padding=size // 2,
