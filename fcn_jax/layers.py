@@ -10,6 +10,7 @@
   before the input gradient.
 * `MatmulGradsConv`: `nn.Conv` whose three gradients are matrix products
   (`conv_with_matmul_grads`, `add_bias_with_product_grad`).
+* `HalfDropout`: dropout at rate 1/2 from one random bit per unit.
 
 Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
 XLA's CPU backend; tests/test_layers.py checks them against those counterparts. Where each
@@ -533,3 +534,31 @@ class MatmulGradsConv(ConvWithOrderedGrads):
     ) -> jax.Array:
         y = _conv_matmul_grads(x, kernel, pads, self.precision)
         return add_bias_with_product_grad(y, bias, self.precision)
+
+
+class HalfDropout(nn.Module):
+    """Element-wise dropout at rate 1/2, the FCN's (docs/reference.md §1), one random bit a unit.
+
+    Each unit is kept with probability 1/2 and doubled, or zeroed, as `nn.Dropout(0.5)` does;
+    the masks come from another stream of random numbers. `nn.Dropout` draws a 32-bit number
+    per unit, and those draws (threefry) took about 30 ms of the course-notes train step at
+    384x512 on XLA's CPU backend (fc6's and fc7's 4096 channels); one bit decides a unit at
+    rate 1/2 exactly, so this draws 32 times fewer (docs/benchmarks.md).
+
+    Attributes:
+      deterministic: if true, the input is returned as it is (evaluation).
+      rng_collection: the random-number collection the masks are drawn from.
+    """
+
+    deterministic: bool = False
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Drops half of `x`'s units at random and doubles the others, unless deterministic."""
+        if self.deterministic:
+            return x
+        words = jax.random.bits(self.make_rng(self.rng_collection), (-(-x.size // 32), 1))
+        bits = (words >> jnp.arange(32, dtype=words.dtype)) & 1
+        keep = bits.reshape(-1)[: x.size].reshape(x.shape).astype(bool)
+        return jax.lax.select(keep, x * 2, jnp.zeros_like(x))

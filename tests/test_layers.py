@@ -339,3 +339,21 @@ def test_ordered_grads_keep_less_alive_than_xlas_schedule():
     x = jnp.zeros((1, 32, 32, 4))
     ordered = conv_stack_grad_temporaries(layers.ConvWithOrderedGrads, x)
     assert ordered < 0.9 * conv_stack_grad_temporaries(nn.Conv, x)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 33), (1, 12, 16, 4096)])
+def test_half_dropout_keeps_each_unit_with_probability_one_half(shape):
+    x = jax.random.normal(jax.random.key(0), shape) + 10.0  # no zeros of its own
+    dropout = layers.HalfDropout()
+    y = dropout.apply({}, x, rngs={"dropout": jax.random.key(1)})
+    kept = np.asarray(y != 0)
+    np.testing.assert_array_equal(np.asarray(y)[kept], 2 * np.asarray(x)[kept])
+    # Binomial(n, 1/2): within 5 standard deviations of n / 2, and neighbours (which share a
+    # random word) uncorrelated.
+    n = kept.size
+    assert abs(kept.sum() - n / 2) < 5 * np.sqrt(n / 4)
+    flat = kept.reshape(-1).astype(float)
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 5 / np.sqrt(n)
+    other = dropout.apply({}, x, rngs={"dropout": jax.random.key(2)})
+    assert np.mean(np.asarray(other != 0) == kept) < 0.6  # another key, another mask
+    np.testing.assert_array_equal(layers.HalfDropout(deterministic=True).apply({}, x), x)

@@ -26,7 +26,6 @@ VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (
     (5, 3, 512),
 )
 FC_CHANNELS = 4096
-DROPOUT_RATE = 0.5  # §1, drop6/drop7.
 STRIDES = (8, 16, 32)
 UPSAMPLING_COLLECTION = "upsampling"
 

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 
 from fcn_jax import frame
 from fcn_jax.layers import (
+    HalfDropout,
     MatmulGradsConv,
     crop,
     plain_relu_max_pool_ceil,
     relu_max_pool_ceil,
     zero_beyond,
 )
-from fcn_jax.models.common import DROPOUT_RATE, FC_CHANNELS, VGG16_BLOCKS, FCNModel
+from fcn_jax.models.common import FC_CHANNELS, VGG16_BLOCKS, FCNModel
 
 # conv1_1 pads by 100 so that every crop offset is non-negative and fc6 always has a 7x7
 # input, whatever the image size (§2.4).
@@ -111,7 +112,7 @@ class FCN(FCNModel):
         # inside it, so no zeroing is needed from here to the scores.
         for name, size in (("fc6", 7), ("fc7", 1)):
             x = self._conv(self.channels(FC_CHANNELS), size, "VALID", True, name)(x)
-            x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(nn.relu(x))
+            x = HalfDropout(deterministic=not train)(nn.relu(x))
         extent = None if extent is None else extent - 6
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}, extent
 

@@ -41,13 +41,14 @@ import jax
 import jax.numpy as jnp
 
 from fcn_jax.layers import (
+    HalfDropout,
     MatmulGradsConv,
     plain_relu_max_pool_floor,
     recomputed_in_backward,
     relu_max_pool_floor,
     zero_beyond,
 )
-from fcn_jax.models.common import DROPOUT_RATE, FC_CHANNELS, VGG16_BLOCKS, FCNModel
+from fcn_jax.models.common import FC_CHANNELS, VGG16_BLOCKS, FCNModel
 
 # Every side is padded to a multiple of this: the output stride of pool5.
 MULTIPLE = 32
@@ -126,7 +127,7 @@ class SimpleFCN(FCNModel):
                 self.channels(FC_CHANNELS), 1, name, matmul_grads=True, kernel_init=FC_KERNEL_INIT
             )
             x = nn.relu(fc(x))
-            x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
+            x = HalfDropout(deterministic=not train)(x)
         return {"pool3": pools[3], "pool4": pools[4], "fc7": x}
 
     def _first_block(self, x: jax.Array, level: jax.Array | None) -> jax.Array:
