@@ -63,7 +63,8 @@ _TRICKS = (
         "The gradients of conv1_1, fc6 and fc7 as matrix products "
         "(fcn_jax.layers.MatmulGradsConv) instead of XLA's gradient convolutions, which "
         "are slow on CPU for 3 input channels and transpose fc6's and fc7's large kernels "
-        "every step, and its bias-gradient sums, which XLA fuses into the optimiser's update. "
+        "every step, and instead of XLA's bias-gradient sums, which it fuses into the "
+        "optimiser's update at the step's end. "
         "On GPU/TPU conv1_1's im2col needs a temporary that native gradients do not.",
     ),
     Trick(

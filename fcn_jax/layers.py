@@ -12,8 +12,9 @@
   (`conv_with_matmul_grads`, `add_bias_with_product_grad`).
 * `HalfDropout`: dropout at rate 1/2 from one random bit per unit.
 
-Each computes what its plain JAX/Flax counterpart computes, only faster or in less memory on
-XLA's CPU backend; tests/test_layers.py checks them against those counterparts. Where each
+Each computes what its plain JAX/Flax counterpart computes (`HalfDropout`: the same
+distribution as `nn.Dropout(0.5)`, from other random numbers), only faster or in less memory
+on XLA's CPU backend; tests/test_layers.py checks them against those counterparts. Where each
 wins, and the measurements: docs/cpu_speed.md.
 """
 
