@@ -432,7 +432,7 @@ class ConvWithOrderedGrads(nn.Conv):
             or padding in ("CIRCULAR", "CAUSAL", "REFLECT")
         ):
             raise ValueError(
-                "ConvWithOrderedGrads supports 2-D NHWC inputs, stride 1, no dilation, no "
+                f"{type(self).__name__} supports 2-D NHWC inputs, stride 1, no dilation, no "
                 "groups, no mask, a bias, and SAME, VALID or explicit padding"
             )
         kernel_shape = (*kernel_size, inputs.shape[-1], self.features)

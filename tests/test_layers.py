@@ -328,8 +328,9 @@ def test_ordered_grads_conv_refuses_other_convolutions():
         dict(feature_group_count=2),
         dict(padding="CIRCULAR"),
     ):
-        with pytest.raises(ValueError, match="ConvWithOrderedGrads supports"):
-            layers.ConvWithOrderedGrads(2, (3, 3), **options).init(jax.random.key(0), x)
+        for conv in (layers.ConvWithOrderedGrads, layers.MatmulGradsConv):
+            with pytest.raises(ValueError, match=f"{conv.__name__} supports"):
+                conv(2, (3, 3), **options).init(jax.random.key(0), x)
 
 
 def test_ordered_grads_keep_less_alive_than_xlas_schedule():
