@@ -15,7 +15,7 @@ apply to it. `winograd=True` counts what fcn-jax executes with the `winograd` fa
 3x3 convolutions after conv1_1 that run Winograd multiply 16 times per 2x2 outputs where the
 direct convolution multiplies 36 times (fcn_jax/winograd.py; the transforms' additions are
 not counted). Those are every kernel gradient, the input gradients whose output gradient
-has at least `fcn_jax.winograd.MIN_INPUT_GRAD_CHANNELS` channels and the forward passes
+has at least `fcn_jax.winograd.MIN_CHANNELS_UNDER_GRAD` channels and the forward passes
 whose input has at least `fcn_jax.winograd.MIN_CHANNELS` (`MIN_CHANNELS_UNDER_GRAD` in a
 train step; in the reference geometry only where nothing is differentiated: inference, not
 the train step).
@@ -28,7 +28,7 @@ import numpy as np
 
 from fcn_jax import frame, models
 from fcn_jax.models import reference, simple
-from fcn_jax.winograd import MIN_CHANNELS, MIN_CHANNELS_UNDER_GRAD, MIN_INPUT_GRAD_CHANNELS
+from fcn_jax.winograd import MIN_CHANNELS, MIN_CHANNELS_UNDER_GRAD
 
 
 def _conv(out_h: int, out_w: int, c_in: int, c_out: int, k: int) -> int:
@@ -86,8 +86,8 @@ def _winograd(flops: int, deep_enough: bool = True) -> int:
     """A direct convolution's `flops` as Winograd counts them, where it runs Winograd.
 
     Kernel gradients always do; forward passes and input gradients where their correlation's
-    input is `deep_enough` (`MIN_CHANNELS` or `MIN_CHANNELS_UNDER_GRAD`,
-    `MIN_INPUT_GRAD_CHANNELS`).
+    input is `deep_enough` (`MIN_CHANNELS`, or `MIN_CHANNELS_UNDER_GRAD` where
+    differentiated).
     """
     return flops * 16 // 36 if deep_enough else flops
 
@@ -191,24 +191,30 @@ def train_flops(
 
     `winograd` (the module docstring) and `options` (`framed`, `geometry`) as for
     `layer_flops`; `recompute_conv1_1` counts conv1_1's forward pass twice (the fast path of
-    that name).
+    that name) and block 1's forward passes as not differentiated (they run in a function
+    whose backward pass recomputes them): conv1_2's is then XLA's.
     """
     winograd_layers = _winograd_layers() if winograd else {}
     direct = layer_flops(name, height, width, num_classes, **options)
     # Differentiated, the reference geometry's forward passes are XLA's (its max-pooling ties).
     winograd_forward = winograd and options.get("geometry") == "simple"
-    total = forward_flops(
+    forward = layer_flops(
         name, height, width, num_classes, winograd=winograd_forward, differentiated=True, **options
     )
     if recompute_conv1_1:
-        total += direct["conv1_1"]
+        inference = layer_flops(
+            name, height, width, num_classes, winograd=winograd_forward, **options
+        )
+        forward["conv1_2"] = inference["conv1_2"]
+        forward["conv1_1"] += direct["conv1_1"]
+    total = int(np.sum(list(forward.values())))
     for layer, flops in direct.items():
         input_grad = 0 if layer == "conv1_1" else flops
         weight_grad = 0 if layer.startswith("upscore") else flops
         if layer in winograd_layers:
             # The input gradient correlates the output gradient: C_out channels deep.
             c_out = winograd_layers[layer][1]
-            input_grad = _winograd(input_grad, c_out >= MIN_INPUT_GRAD_CHANNELS)
+            input_grad = _winograd(input_grad, c_out >= MIN_CHANNELS_UNDER_GRAD)
             weight_grad = _winograd(weight_grad)
         total += input_grad + weight_grad
     return total

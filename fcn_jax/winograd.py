@@ -15,7 +15,7 @@ element-wise sums (their coefficients are 0, +-1 and 1/2, so the rounding is tha
 direct convolution). The backward pass is Winograd too: the kernel gradient sums
 (B^T d B) * (A dY A^T) over the tiles in 16 more products, and the input gradient is the same
 forward algorithm run on the output gradient with the kernel turned 180 degrees. Shallow
-correlations (`MIN_CHANNELS`, `MIN_CHANNELS_UNDER_GRAD`, `MIN_INPUT_GRAD_CHANNELS`) run
+correlations (`MIN_CHANNELS`, `MIN_CHANNELS_UNDER_GRAD`) run
 XLA's convolution instead (the kernel gradient never does). Large maps run in bands of tile
 rows, a few MiB each (`BAND_BYTES`), so that each band's transforms read it from the caches.
 
@@ -54,21 +54,19 @@ TILE_SUM = 1 * 4 + 1
 # 192x256 with 128 in and out: 54-57 against 72-73 ms; conv3_1's, 96x128 with 128 in and 256
 # out: 23-24 against 35 ms).
 MIN_CHANNELS = 128
-# A differentiated forward pass (training) is Winograd's from 64 channels. In bands
-# (`BAND_BYTES`) its products do not grow the train step's peak, which is in the backward
-# pass (temporaries unchanged: 200.6 MiB at 384x512, 261.6 at 512x512), and conv2_1's
-# forward pass as Winograd made the course-notes train step about 2% faster on the Zen 4 CPU
-# (docs/benchmarks.md; its conv1_2 runs in block 1's recomputed forward pass, which is not
-# differentiated). In inference the forward pass is the peak, and there the bands' products
-# would add 26-34 MiB to the course-notes eval step at 384x512 and 512x512.
+# Where the call is differentiated (training), the forward pass and the input gradient (a
+# correlation of the output gradient) are Winograd's from 64 channels of their input. In
+# bands (`BAND_BYTES`) a forward pass's products do not grow the train step's peak, which is
+# in the backward pass, and conv2_1's forward pass as Winograd made the course-notes train
+# step about 2% faster on the Zen 4 CPU. The input gradients of conv1_2, conv2_1 and conv2_2
+# (64 and 128 channels of output gradient) as Winograd made it another 3-4% faster at
+# 384x512 and 512x512 and the reference's 3% at 384x512, for 22 MiB (384x512) and 38 MiB
+# (512x512) more of the course-notes step's temporaries: the padded copy of conv2_2's output
+# gradient and conv1_2's bands (docs/benchmarks.md). In inference the forward pass is the
+# peak, and there 64-channel bands' products would add 26-34 MiB to the course-notes eval
+# step at 384x512 and 512x512 (`MIN_CHANNELS`). Kernel gradients are Winograd's at every
+# channel count: XLA's ran 3x slower than its forward pass.
 MIN_CHANNELS_UNDER_GRAD = 64
-# The input gradient, whose products are alive at the train step's peak, is Winograd's from
-# 256 channels of output gradient: conv2_1's and conv2_2's (128 channels) as Winograd made the
-# step no faster on that CPU and its temporaries 20 MiB (384x512) to 27 MiB (512x512) larger;
-# from 256 channels it wins clearly (128x128, 256 in and out: 65 against 102 ms on an AVX2
-# CPU). Kernel gradients are Winograd's at every channel count: XLA's ran 3x slower than its
-# forward pass (docs/benchmarks.md).
-MIN_INPUT_GRAD_CHANNELS = 256
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -379,7 +377,7 @@ def winograd_conv_bias(
 
     The forward pass is Winograd's where its input has at least `MIN_CHANNELS` channels
     (`MIN_CHANNELS_UNDER_GRAD` where the call is differentiated), the input gradient where
-    the output gradient has at least `MIN_INPUT_GRAD_CHANNELS`, and XLA's convolution
+    the output gradient has at least `MIN_CHANNELS_UNDER_GRAD`, and XLA's convolution
     computes them elsewhere (the same values up to float rounding); the kernel gradient is
     always Winograd's. With `xla_forward_under_grad`, the forward pass of a call that is
     differentiated (`jax.grad`, `jax.vjp`: the custom VJP's forward rule) is always XLA's, so
@@ -427,7 +425,7 @@ def _bwd(padding, precision, xla_forward_under_grad, residuals, grad):
     kernel = after(kernel, dkernel[0, 0, 0, 0] + dbias[0]).astype(x.dtype)
     (top, bottom), (left, right) = padding
     full = ((KERNEL - 1 - top, KERNEL - 1 - bottom), (KERNEL - 1 - left, KERNEL - 1 - right))
-    dx = _correlate_or_xla(grad, kernel, full, precision, MIN_INPUT_GRAD_CHANNELS, turned=True)
+    dx = _correlate_or_xla(grad, kernel, full, precision, MIN_CHANNELS_UNDER_GRAD, turned=True)
     return dx, dkernel, dbias
 
 

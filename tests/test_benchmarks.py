@@ -61,12 +61,15 @@ def test_simple_geometry_counts_agree_with_xla_and_are_under_half_the_reference(
     expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple", winograd=True)
     assert model.fast.winograd and forward == pytest.approx(expected, rel=0.05)
     # Differentiated, its forward passes are Winograd's from fewer channels than in inference.
+    # Larger maps run Winograd in bands, the steps of a loop, whose body XLA's cost analysis
+    # counts once: at this size every map fits one band.
+    small = jax.ShapeDtypeStruct((1, 128, 192, 3), jnp.float32)
     train = jax.jit(jax.grad(lambda v, x: model.apply(v, x, train=False).sum()))
     expected = flops.train_flops(
-        "fcn8s", 256, 384, geometry="simple", winograd=True, recompute_conv1_1=True
+        "fcn8s", 128, 192, geometry="simple", winograd=True, recompute_conv1_1=True
     )
-    assert train.lower(variables, image).cost_analysis()["flops"] == pytest.approx(
-        expected, rel=0.03
+    assert train.lower(variables, small).cost_analysis()["flops"] == pytest.approx(
+        expected, rel=0.05
     )
     plain = jax.jit(lambda v, x: model.clone(fast=FastPaths()).apply(v, x).sum())
     expected = flops.forward_flops("fcn8s", 256, 384, geometry="simple")

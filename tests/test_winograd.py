@@ -16,10 +16,10 @@ def _values_and_grads(module, variables, x, g):
 
 
 # Winograd computes every kernel gradient, the forward pass where the input has at least
-# MIN_CHANNELS channels and the input gradient where the output has at least
-# MIN_INPUT_GRAD_CHANNELS; XLA's convolution the rest.
+# MIN_CHANNELS channels (MIN_CHANNELS_UNDER_GRAD where differentiated) and the input gradient
+# where the output has at least MIN_CHANNELS_UNDER_GRAD; XLA's convolution the rest.
 DEEP = winograd.MIN_CHANNELS
-DEEP_GRAD = winograd.MIN_INPUT_GRAD_CHANNELS
+DEEP_GRAD = winograd.MIN_CHANNELS_UNDER_GRAD
 
 
 @pytest.mark.parametrize(
