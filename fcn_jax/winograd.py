@@ -271,7 +271,11 @@ def correlate(
             return jax.lax.dynamic_update_slice_in_dim(y, band_y, TILE * first_row, 1), None
 
         shape = (x.shape[0], TILE * bands * band_rows, TILE * cols, u[0].shape[-1])
-        y, _ = jax.lax.scan(add_band, jnp.zeros(shape, jnp.float32), jnp.arange(bands) * band_rows)
+        # The bands overwrite every row. Tied to the input, the initial buffer is not filled
+        # ahead of it: XLA's scheduler placed such operand-free fills at the start of the
+        # backward pass, where they stood beside its peak.
+        first = after(jnp.zeros(shape, jnp.float32), x[(0,) * x.ndim])
+        y, _ = jax.lax.scan(add_band, first, jnp.arange(bands) * band_rows)
     return y[:, :out_h, :out_w].astype(x.dtype)
 
 

@@ -140,14 +140,17 @@ class SimpleFCN(FCNModel):
         convs = [self._conv(channels, 3, "conv1_1", True), self._conv(channels, 3, "conv1_2")]
         if not self.fast.recompute_conv1_1 or self.is_initializing():
             return _block(convs, x, level, first=True)
-        unbound = [conv.clone(parent=None) for conv in convs]
+        conv1_1, conv1_2 = (conv.clone(parent=None) for conv in convs)
+
+        def first_conv(x, params):
+            return nn.relu(conv1_1.apply({"params": params}, x))
 
         def block(x, params, level):
-            layers = [
-                functools.partial(conv.apply, {"params": p})
-                for conv, p in zip(unbound, params, strict=True)
-            ]
-            return _block(layers, x, level, first=True)
+            # conv1_1 and its ReLU are recomputed once more for their own backward pass,
+            # after conv1_2's input gradient: kept from the block's recomputation, conv1_1's
+            # output would be alive beside that gradient, at the step's peak.
+            x = recomputed_in_backward(first_conv)(x, params[0])
+            return _block([functools.partial(conv1_2.apply, {"params": params[1]})], x, level)
 
         params = [self.variables["params"][conv.name] for conv in convs]
         return recomputed_in_backward(block)(x, params, level)
