@@ -190,9 +190,10 @@ def train_flops(
     """Forward + backward FLOPs of one image with frozen upsampling (the reference recipe).
 
     `winograd` (the module docstring) and `options` (`framed`, `geometry`) as for
-    `layer_flops`; `recompute_conv1_1` counts conv1_1's forward pass twice (the fast path of
-    that name) and block 1's forward passes as not differentiated (they run in a function
-    whose backward pass recomputes them): conv1_2's is then XLA's.
+    `layer_flops`; `recompute_conv1_1` (the fast path of that name) counts conv1_1's forward
+    pass three times (block 1's recomputation and conv1_1's own for its backward pass) and
+    block 1's forward passes as not differentiated (they run in a function whose backward
+    pass recomputes them): conv1_2's is then XLA's.
     """
     winograd_layers = _winograd_layers() if winograd else {}
     direct = layer_flops(name, height, width, num_classes, **options)
@@ -206,7 +207,7 @@ def train_flops(
             name, height, width, num_classes, winograd=winograd_forward, **options
         )
         forward["conv1_2"] = inference["conv1_2"]
-        forward["conv1_1"] += direct["conv1_1"]
+        forward["conv1_1"] += 2 * direct["conv1_1"]
     total = int(np.sum(list(forward.values())))
     for layer, flops in direct.items():
         input_grad = 0 if layer == "conv1_1" else flops

@@ -82,7 +82,8 @@ _TRICKS = (
         "Course-notes geometry: conv1_1's output (64 channels at the input's full size, "
         "conv1_2's input) recomputed in the backward pass (fcn_jax.layers."
         "recomputed_in_backward) instead of kept from the forward pass to the end of the "
-        "backward pass, where it sat at the train step's memory peak.",
+        "backward pass, where it sat at the train step's memory peak; recomputed once more "
+        "for its own backward pass, after conv1_2's input gradient.",
     ),
     Trick(
         "subpixel",

@@ -60,9 +60,9 @@ MIN_CHANNELS = 128
 # in the backward pass, and conv2_1's forward pass as Winograd made the course-notes train
 # step about 2% faster on the Zen 4 CPU. The input gradients of conv1_2, conv2_1 and conv2_2
 # (64 and 128 channels of output gradient) as Winograd made it another 3-4% faster at
-# 384x512 and 512x512 and the reference's 3% at 384x512, for 22 MiB (384x512) and 38 MiB
-# (512x512) more of the course-notes step's temporaries: the padded copy of conv2_2's output
-# gradient and conv1_2's bands (docs/benchmarks.md). In inference the forward pass is the
+# 384x512 and 512x512 and the reference's 3% at 384x512; the 22 MiB (384x512) and 38 MiB
+# (512x512) of temporaries they added, the course-notes model took back elsewhere
+# (docs/benchmarks.md, "Every input gradient Winograd's"). In inference the forward pass is the
 # peak, and there 64-channel bands' products would add 26-34 MiB to the course-notes eval
 # step at 384x512 and 512x512 (`MIN_CHANNELS`). Kernel gradients are Winograd's at every
 # channel count: XLA's ran 3x slower than its forward pass.

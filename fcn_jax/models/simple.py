@@ -134,7 +134,8 @@ class SimpleFCN(FCNModel):
         """conv1_1 (on the masked input), ReLU, conv1_2: block 1 before its last ReLU.
 
         With `fast.recompute_conv1_1` its backward pass recomputes conv1_1's output from the
-        input instead of keeping it (`recomputed_in_backward`).
+        input instead of keeping it (`recomputed_in_backward`), and conv1_1's own backward
+        pass recomputes it again.
         """
         channels = self.channels(VGG16_BLOCKS[0][2])
         convs = [self._conv(channels, 3, "conv1_1", True), self._conv(channels, 3, "conv1_2")]
