@@ -98,9 +98,9 @@ _TRICKS = (
         _CPU,
         "The 3x3 convolutions other than conv1_1 as fcn_jax.winograd.WinogradConv: "
         "Winograd's F(2x2, 3x3), 2.25x fewer multiplications in the kernel gradients, and in "
-        "the input gradients and the forward passes with 128 channels or more (64 or more "
-        "where differentiated, as in training: every input gradient; reference geometry's "
-        "forward passes: only where not differentiated, as in inference), "
+        "every input gradient of 64 channels or more, and in the forward passes with 128 or "
+        "more (64 or more where differentiated, as in training; reference geometry: only "
+        "where not differentiated, as in inference), "
         "as matrix products that XLA's CPU backend runs faster than its convolutions, whose "
         "kernel gradients run well below their forward speed. Its backward orders the "
         "gradients as ordered_grads does, which it replaces where both are on. "
