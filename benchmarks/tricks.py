@@ -13,13 +13,21 @@ process.
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
 
+if TYPE_CHECKING:  # imported for real after the XLA flags are set
+    from fcn_jax.fast_paths import FastPaths
 
-def _step(geometry: str, fast, height: int, width: int):
-    """One step of `fast`'s train step, ready to call (state carried between calls)."""
+
+def timed_step(geometry: str, fast: "FastPaths", height: int, width: int) -> Callable[[], float]:
+    """`fast`'s train step, compiled and warmed up: each call runs one step, returns its seconds.
+
+    The train state is carried from call to call.
+    """
     import jax
     import numpy as np
 
@@ -50,25 +58,45 @@ def _step(geometry: str, fast, height: int, width: int):
     return run
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Prints one line per variant; `argv` defaults to the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_parser(description: str, size: str) -> argparse.ArgumentParser:
+    """A parser with the train step's --geometry and --size (default `size`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--geometry", default="simple", choices=benchmark_steps.GEOMETRIES)
-    parser.add_argument("--size", default="512x512", help="HxW")
-    parser.add_argument("--rounds", type=benchmark_steps.positive_int, default=9)
-    args = parser.parse_args(argv)
-    try:
-        height, width = benchmark_steps.parse_size(args.size)
-    except ValueError:
-        parser.error(f"bad --size {args.size!r}: use HxW with H, W >= 1, e.g. 512x512")
+    parser.add_argument("--size", default=size, help="HxW")
+    return parser
 
+
+def parsed_size(parser: argparse.ArgumentParser, size: str) -> tuple[int, int]:
+    """`size` (HxW) as (H, W), or the parser's usage error naming it."""
+    try:
+        return benchmark_steps.parse_size(size)
+    except ValueError:
+        parser.error(f"bad --size {size!r}: use HxW with H, W >= 1, e.g. 512x512")
+
+
+def auto_fast_paths() -> "FastPaths":
+    """The fast paths 'auto' resolves to here, after setting main.py's XLA flags for the CPU.
+
+    XLA reads its flags when the first computation starts: call this before any.
+    """
     from fcn_jax import xla_setup
 
-    xla_setup.add_default_xla_flags()  # main.py's CPU settings, before the first computation
+    xla_setup.add_default_xla_flags()
     from fcn_jax import fast_paths
 
-    variants = benchmark_memory.variants(fast_paths.resolve("auto"))
-    runs = {label: _step(args.geometry, fast, height, width) for label, fast in variants.items()}
+    return fast_paths.resolve("auto")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prints one line per variant; `argv` defaults to the command line."""
+    parser = step_parser(__doc__.splitlines()[0], size="512x512")
+    parser.add_argument("--rounds", type=benchmark_steps.positive_int, default=9)
+    args = parser.parse_args(argv)
+    height, width = parsed_size(parser, args.size)
+    variants = benchmark_memory.variants(auto_fast_paths())
+    runs = {
+        label: timed_step(args.geometry, fast, height, width) for label, fast in variants.items()
+    }
     times = {label: [] for label in runs}
     for _ in range(args.rounds):
         for label, run in runs.items():

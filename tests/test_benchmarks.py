@@ -11,6 +11,7 @@ from benchmarks import flops
 from benchmarks import layers as benchmark_layers
 from benchmarks import memory as benchmark_memory
 from benchmarks import steps as benchmark_steps
+from benchmarks import threads as benchmark_threads
 from benchmarks import tricks as benchmark_tricks
 from configs import default
 from fcn_jax import losses, steps
@@ -228,3 +229,61 @@ def test_layers_table_has_every_shape_at_its_map_size():
 def test_layers_bad_size_is_named(size, capsys):
     message = usage_error(benchmark_layers.main, [f"--size={size}"], capsys)
     assert f"bad --size '{size}'" in message
+
+
+def _pool_regions(thread: str, start: int, stop: int) -> list[tuple[int, int, str, str]]:
+    """A pool thread's trace marks around one piece of work from `start` to `stop`."""
+    return [
+        (start, start, thread, benchmark_threads.REGION_START),
+        (stop, stop, thread, benchmark_threads.REGION_STOP),
+    ]
+
+
+def test_thread_shares_from_pool_regions():
+    # Thread a works over [0, 10) and [30, 40), thread b over [5, 20): from 0 to 40, one
+    # thread works 5 + 10 + 10 ns, both 5, none 10 (from 20 to 30).
+    a, b = f"{benchmark_threads.POOL_THREAD}/1", f"{benchmark_threads.POOL_THREAD}/2"
+    events = _pool_regions(a, 30, 40) + _pool_regions(b, 5, 20) + _pool_regions(a, 0, 10)
+    events.append((0, 50, "python", benchmark_threads.REGION_START))  # not a pool thread
+    busy = benchmark_threads.BusyThreads(benchmark_threads.busy_intervals(events))
+    assert busy.between(0, 40) == {0: 10, 1: 25, 2: 5}
+    assert busy.between(-5, 7) == {0: 5, 1: 5, 2: 2}
+    assert busy.between(35, 60) == {1: 5, 0: 20}
+
+
+def test_operations_own_the_time_until_the_next_one_starts():
+    a, b = f"{benchmark_threads.POOL_THREAD}/1", f"{benchmark_threads.POOL_THREAD}/2"
+    events = _pool_regions(a, 0, 10) + _pool_regions(b, 5, 20)
+    events += [
+        (0, 1, a, "dot_general.12"),
+        (12, 13, b, "select_dynamic-update-slice_fusion.3"),
+        (18, 19, a, "dot_general.7"),
+        (25, 26, a, "ThunkExecutor::Execute"),  # not an operation
+        (30, 31, b, "copy.2"),  # the last one started: nothing follows it
+    ]
+    busy = benchmark_threads.BusyThreads(benchmark_threads.busy_intervals(events))
+    kinds = benchmark_threads.by_operation_kind(events, busy)
+    # dot_general: [0, 12) (one thread 7 ns, both 5) and [18, 30) (one 2, none 10).
+    assert kinds == {
+        "dot_general": {1: 9, 2: 5, 0: 10},
+        "select_dynamic-update-slice_fusion": {1: 6},
+    }
+
+
+@pytest.mark.slow
+def test_threads_table_sums_to_the_traced_time():
+    result = run_python("-m", "benchmarks.threads", "--size=64x96", "--steps=1", "--top=50")
+    assert result.returncode == 0, result.stderr
+    shares = re.findall(r"^  (\d): +([0-9.]+)% \((\d+) ms per step\)$", result.stdout, re.M)
+    assert [int(n) for n, *_ in shares] == list(range(len(shares)))
+    assert len(shares) >= 2
+    assert sum(float(share) for _, share, _ in shares) == pytest.approx(100, abs=0.5)
+    rows = re.findall(r"^\| ([a-z_\-]+) \|((?: [0-9.]+ \|)+)$", result.stdout, re.M)
+    assert "dot_general" in [kind for kind, _ in rows]
+    for _, cells in rows:
+        *by_threads, total = (float(cell) for cell in cells.strip(" |").split(" | "))
+        assert total == pytest.approx(sum(by_threads), abs=0.1 * len(by_threads))
+
+
+def test_threads_bad_size_is_named(capsys):
+    assert "bad --size '384'" in usage_error(benchmark_threads.main, ["--size=384"], capsys)
