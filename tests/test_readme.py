@@ -48,6 +48,9 @@ NOT_RUN = {
     "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m benchmarks.layers": (
         "full-size layers, minutes: tests/test_benchmarks.py runs it small"
     ),
+    "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m benchmarks.threads": (
+        "a full-size traced step: tests/test_benchmarks.py runs it small"
+    ),
     ".venv/bin/python -m benchmarks.export_latency": (
         "full width, minutes and GBs: tests/test_export_latency.py runs it tiny"
     ),
