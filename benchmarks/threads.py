@@ -27,7 +27,7 @@ import collections
 import glob
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from benchmarks import steps as benchmark_steps
 from benchmarks import tricks as benchmark_tricks
@@ -40,7 +40,7 @@ NOT_OPERATIONS = ("ThreadpoolListener::", "ThunkExecutor::", "end: ", "while")
 Event = tuple[int, int, str, str]  # (start ns, end ns, thread, name)
 
 
-def traced_events(run, steps: int) -> list[Event]:
+def traced_events(run: Callable[[], object], steps: int) -> list[Event]:
     """The trace events of `steps` calls of `run`, from every thread of the process."""
     import jax
     from jax.profiler import ProfileData
